@@ -1,0 +1,232 @@
+"""Find checkpoints in a folder, order them by training step, and load them safely.
+
+Formats: ``.pt``/``.pth``/``.bin`` (a state dict, or a dict holding one under ``state_dict``, ``model``,
+``model_state_dict`` or ``module``), Lightning ``.ckpt`` (``state_dict`` with ``model.`` prefixes), and
+``.safetensors``. Pickled files are read with ``torch.load(weights_only=True)``: tensors and plain
+containers only, never arbitrary code. ``unsafe=True`` is the one, explicit, way to unpickle anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "epoch")
+_STEP_PATTERNS = (
+    re.compile(r"(?:^|[^a-z])(?:global_step|step|iter|iteration|it)[=_\-]?(\d+)", re.IGNORECASE),
+    re.compile(r"(?:^|[^a-z])(?:ckpt|checkpoint|model|weights)[=_\-]?(\d+)", re.IGNORECASE),
+    re.compile(r"(?:^|[^a-z])epoch[=_\-]?(\d+)", re.IGNORECASE),
+    re.compile(r"(\d+)$"),
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or folder cannot be used; the message names it and says what was expected."""
+
+
+@dataclass(frozen=True, order=True)
+class Checkpoint:
+    """One checkpoint file and the training step it was saved at."""
+
+    step: int
+    path: Path
+
+
+def step_from_name(path: Path | str) -> int | None:
+    """The training step in a file name such as ``step_500.pt`` or ``epoch=3-step=500.ckpt``, if any."""
+    stem = Path(path).name
+    for suffix in SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    for pattern in _STEP_PATTERNS:
+        match = pattern.search(stem)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _step_from_content(payload: object) -> int | None:
+    if isinstance(payload, Mapping):
+        for key in STEP_KEYS:
+            value = payload.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return int(value)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                return int(value.item())
+    return None
+
+
+def find_checkpoints(folder: Path | str) -> list[Checkpoint]:
+    """All checkpoint files in ``folder`` (not recursive), sorted by training step.
+
+    The step comes from the file name; failing that, from a ``global_step``/``step``/``epoch`` entry
+    stored inside (read safely). Files with neither are an error naming them.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise CheckpointError(f"checkpoint folder {root} does not exist.")
+    if root.is_file():
+        step = step_from_name(root)
+        return [Checkpoint(step if step is not None else 0, root)]
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    if not files:
+        raise CheckpointError(
+            f"checkpoint folder {root} holds no checkpoints (expected files ending in {', '.join(SUFFIXES)})."
+        )
+    found: list[Checkpoint] = []
+    for path in files:
+        step = step_from_name(path)
+        if step is None and path.suffix != ".safetensors":
+            step = _step_from_content(_read(path, unsafe=False))
+        if step is None:
+            raise CheckpointError(
+                f"cannot tell the training step of {path}: name it like step_500.pt or store a 'step' key inside."
+            )
+        found.append(Checkpoint(step, path))
+    steps = [c.step for c in found]
+    duplicates = sorted({s for s in steps if steps.count(s) > 1})
+    if duplicates:
+        names = [c.path.name for c in found if c.step in duplicates]
+        raise CheckpointError(f"checkpoint folder {root} has several files for step(s) {duplicates}: {names}.")
+    return sorted(found)
+
+
+def sha256(path: Path | str) -> str:
+    """Hex digest of a file's bytes (identifies a checkpoint in the store)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: Path, *, unsafe: bool, map_location: Any = "cpu") -> object:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location) if isinstance(map_location, str) else "cpu")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"checkpoint file {path} is not a readable safetensors file ({error}).") from None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not unsafe)
+    except Exception as error:  # torch raises many types for bad files; each becomes one clear sentence.
+        text = str(error)
+        if not unsafe and ("Weights only load failed" in text or "weights_only" in text):
+            first = next((line for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+            raise CheckpointError(
+                f"checkpoint file {path} contains pickled Python objects that a safe load refuses"
+                f"{' (' + first.strip() + ')' if first else ''}; if you trust this file, pass unsafe=True "
+                "(CLI: --unsafe-pickle) to unpickle it, which can run arbitrary code."
+            ) from None
+        raise CheckpointError(f"checkpoint file {path} is truncated or not a checkpoint ({type(error).__name__}: "
+                              f"{text.splitlines()[0] if text else 'no detail'}).") from None
+
+
+def extract_state_dict(payload: object, path: Path | str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The tensor state dict inside a loaded checkpoint payload."""
+    if isinstance(payload, nn.Module):
+        return payload.state_dict()
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict.")
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return dict(payload)
+    for key in STATE_KEYS:
+        inner = payload.get(key)
+        if isinstance(inner, nn.Module):
+            return inner.state_dict()
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return dict(inner)
+    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if tensors and len(tensors) >= len(payload) - len(STEP_KEYS):
+        return tensors
+    raise CheckpointError(
+        f"checkpoint {path} has no state dict: expected tensors at the top level or under one of "
+        f"{', '.join(STATE_KEYS)}; found keys {sorted(map(str, payload))[:10]}."
+    )
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes (Lightning's ``model.``, DDP's ``module.``, ``_orig_mod.``) the model lacks."""
+    for prefix in ("model.", "module.", "_orig_mod.", "net."):
+        if expected and not any(k in expected for k in state) and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+        elif expected and any(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if set(stripped) & expected:
+                state = stripped
+    return state
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path | str = "<checkpoint>") -> nn.Module:
+    """Copy ``state`` into ``model`` strictly; every missing, unexpected or mis-shaped key is named."""
+    expected = model.state_dict()
+    state = _strip_prefixes(dict(state), set(expected))
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {', '.join(mismatched)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({'; '.join(problems)}).")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def read_state_dict(path: Path | str, *, map_location: Any = "cpu", unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict stored in a checkpoint file, read safely unless ``unsafe``."""
+    path = Path(path)
+    return extract_state_dict(_read(path, unsafe=unsafe, map_location=map_location), path)
+
+
+def read_metadata(path: Path | str, *, unsafe: bool = False) -> dict[str, Any]:
+    """Scalar entries stored beside the weights (step, epoch, lr, ...), if the file has any."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return {}
+    payload = _read(path, unsafe=unsafe)
+    if not isinstance(payload, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if isinstance(value, (int, float, str, bool)):
+            out[str(key)] = value
+        elif isinstance(value, torch.Tensor) and value.numel() == 1 and key not in STATE_KEYS:
+            out[str(key)] = value.item()
+    return out
+
+
+def load_checkpoint(
+    path: Path | str,
+    model: nn.Module | None = None,
+    *,
+    map_location: Any = "cpu",
+    unsafe: bool = False,
+) -> nn.Module | dict[str, torch.Tensor]:
+    """Load a checkpoint file: into ``model`` (returned) when given, else return its state dict."""
+    state = read_state_dict(path, map_location=map_location, unsafe=unsafe)
+    if model is None:
+        return state
+    return load_into(model, state, path)

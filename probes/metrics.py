@@ -1,0 +1,64 @@
+"""Basic measurements at a checkpoint: train/test loss and accuracy, parameter norm, gradient norm."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.data import as_batches
+from landscape.evaluate import LossFn, evaluate, gradient
+from landscape.params import preserved, trainable_parameters
+from probes.base import ProbeContext, Result
+
+
+def parameter_norm(model: nn.Module) -> float:
+    """Euclidean norm of all trainable parameters together."""
+    return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in trainable_parameters(model).values()))
+
+
+def gradient_norm(model: nn.Module, loss_fn: LossFn, data: object) -> float:
+    """Norm of the full-data gradient of the sample-weighted mean loss (model left untouched)."""
+    batches = as_batches(data, device=_device_of(model))
+    with preserved(model):
+        grads = gradient(model, loss_fn, batches)
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+class MetricsProbe:
+    """Loss, accuracy and norms: cheap, and the baseline every other view is read against."""
+
+    name = "metrics"
+    defaults: ClassVar[dict[str, Any]] = {"gradient": True}
+
+    def run(self, ctx: ProbeContext, **params: Any) -> Result:
+        scalars: dict[str, float] = {}
+        train = evaluate(ctx.model, ctx.loss_fn, ctx.train)
+        scalars["train_loss"] = train.loss
+        if train.accuracy is not None:
+            scalars["train_accuracy"] = train.accuracy
+        if ctx.test is not None:
+            test = evaluate(ctx.model, ctx.loss_fn, ctx.test)
+            scalars["test_loss"] = test.loss
+            if test.accuracy is not None:
+                scalars["test_accuracy"] = test.accuracy
+        scalars["param_norm"] = parameter_norm(ctx.model)
+        if not math.isfinite(train.loss):
+            return Result(scalars=scalars, params=dict(params), valid=False,
+                          message=f"train loss is {train.loss} at step {ctx.step}")
+        if params["gradient"]:
+            with preserved(ctx.model):
+                grads = gradient(ctx.model, ctx.loss_fn, ctx.train)
+            scalars["grad_norm"] = float(np.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values())))
+        return Result(scalars=scalars, params=dict(params))
+
+
+PROBE = MetricsProbe()
