@@ -125,15 +125,18 @@ def _read(path: Path, *, unsafe: bool, map_location: Any = "cpu") -> object:
         return torch.load(path, map_location=map_location, weights_only=not unsafe)
     except Exception as error:  # torch raises many types for bad files; each becomes one clear sentence.
         text = str(error)
-        if not unsafe and ("Weights only load failed" in text or "weights_only" in text):
-            first = next((line for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        if not unsafe and "Unsupported global" in text:
+            found = re.search(r"GLOBAL (\S+)", text)
             raise CheckpointError(
                 f"checkpoint file {path} contains pickled Python objects that a safe load refuses"
-                f"{' (' + first.strip() + ')' if first else ''}; if you trust this file, pass unsafe=True "
+                f"{f' ({found.group(1)})' if found else ''}; if you trust this file, pass unsafe=True "
                 "(CLI: --unsafe-pickle) to unpickle it, which can run arbitrary code."
             ) from None
-        raise CheckpointError(f"checkpoint file {path} is truncated or not a checkpoint ({type(error).__name__}: "
-                              f"{text.splitlines()[0] if text else 'no detail'}).") from None
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        detail = found.group(1).strip() if found else (text.splitlines()[0] if text else "")
+        raise CheckpointError(
+            f"checkpoint file {path} is truncated or not a checkpoint ({type(error).__name__}: {detail or 'no detail'})."
+        ) from None
 
 
 def extract_state_dict(payload: object, path: Path | str = "<checkpoint>") -> dict[str, torch.Tensor]:

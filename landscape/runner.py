@@ -26,8 +26,8 @@ from landscape.checkpoints import (
     read_state_dict,
     sha256,
 )
-from landscape.data import Batches, as_batches
-from landscape.evaluate import LossFn
+from landscape.data import Batches, DataError, as_batches
+from landscape.evaluate import LossError, LossFn, check_scalar_loss
 from landscape.params import preserved
 from landscape.store import Store, config_hash
 
@@ -128,7 +128,10 @@ def run_probes(
                 state = read_state_dict(checkpoint.path, unsafe=unsafe)
                 if model is None:
                     model = model_factory().to(device)
-                load_into(model, state, checkpoint.path)
+                    load_into(model, state, checkpoint.path)
+                    _preflight(model, loss_fn, train_batches)
+                else:
+                    load_into(model, state, checkpoint.path)
             except CheckpointError as error:
                 message = str(error)
                 report.errors.append(message)
@@ -152,6 +155,23 @@ def run_probes(
     finally:
         bar.close()
     return report
+
+
+def _preflight(model: nn.Module, loss_fn: LossFn, train: Batches) -> None:
+    """Fail before any work when the loss cannot be used (not a scalar mean, wrong targets)."""
+    x, y = train.batches[0]
+    with preserved(model), torch.no_grad():
+        try:
+            outputs = model(x[:8])
+        except Exception as error:
+            raise DataError(f"the model cannot process the first train batch (inputs of shape "
+                            f"{tuple(x.shape)}): {type(error).__name__}: {error}") from None
+        try:
+            loss = loss_fn(outputs, y[:8])
+        except Exception as error:
+            raise LossError(f"the loss fails on the model's outputs {tuple(outputs.shape)} and targets "
+                            f"{tuple(y.shape)}: {type(error).__name__}: {error}") from None
+        check_scalar_loss(loss)
 
 
 def _run_one(name, probe, params, chash, model, loss_fn, train, test, device, checkpoint, ordered, run, lr,

@@ -137,11 +137,14 @@ class Store:
                 raise StoreError(f"store path {self.path} exists and is not a file.")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect(str(self.path), uri=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            if self._db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-                self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-                self._db.commit()
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+                if self._db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+                    self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            except sqlite3.DatabaseError as error:
+                self._db.close()
+                raise StoreError(f"{self.path} is not a landscape store ({error}).") from None
         self._check_schema()
 
     def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:

@@ -1,0 +1,177 @@
+"""The `landscape` command end to end, in subprocesses, as a user runs it."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+USER_MODULE = textwrap.dedent(
+    """
+    import time
+    import torch
+    from torch import nn
+
+    def make_model():
+        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    def make_data():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(60, 4, generator=g)
+        y = torch.randint(0, 3, (60,), generator=g)
+        return (x[:40], y[:40]), (x[40:], y[40:])
+
+    def no_data():
+        return None
+
+    def per_sample_loss(outputs, targets):
+        return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+    def slow_loss(outputs, targets):
+        time.sleep(0.05)
+        return nn.functional.cross_entropy(outputs, targets)
+    """
+)
+
+
+def _landscape(*args, cwd, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "landscape.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture()
+def project(tmp_path):
+    (tmp_path / "user.py").write_text(USER_MODULE)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    for step in range(0, 60, 10):
+        with torch.no_grad():
+            model[2].weight.mul_(1.2)
+        torch.save({"model_state_dict": model.state_dict(), "step": step}, folder / f"ckpt-{step:06d}.pth")
+    return tmp_path
+
+
+def _analyze(project, *extra, loss="torch.nn:CrossEntropyLoss", probes="metrics", store="s.sqlite"):
+    return _landscape("analyze", "--model", "user.py:make_model", "--data", "user.py:make_data", "--loss", loss,
+                      "--checkpoints", "ckpts", "--probes", probes, "--store", store, "--quiet", *extra, cwd=project)
+
+
+def _count(path, table="results"):
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_analyze_ls_export(project):
+    done = _analyze(project, "--run", "mlp")
+    assert done.returncode == 0, done.stderr
+    assert "6 computed" in done.stderr
+    listing = _landscape("ls", "s.sqlite", cwd=project)
+    assert listing.returncode == 0
+    assert "run mlp" in listing.stdout and "metrics" in listing.stdout and "6 result(s)" in listing.stdout
+    again = _analyze(project, "--run", "mlp")
+    assert "0 computed, 6 already stored" in again.stderr
+    export = _landscape("export", "s.sqlite", "--format", "csv", "--out", "exported", cwd=project)
+    assert export.returncode == 0 and (project / "exported" / "scalars.csv").is_file()
+
+
+def test_analyze_with_config(project):
+    (project / "run.toml").write_text(
+        '[run]\nname = "cfg"\nstore = "c.sqlite"\ncheckpoints = "ckpts"\nmax_samples = 20\nlr = 0.5\n'
+        '[model]\nfactory = "user.py:make_model"\n[data]\nfactory = "user.py:make_data"\n'
+        '[probes.metrics]\ngradient = false\n'
+    )
+    done = _landscape("analyze", "--config", "run.toml", "--quiet", cwd=project)
+    assert done.returncode == 0, done.stderr
+    db = sqlite3.connect(project / "c.sqlite")
+    keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM scalars")}
+    assert "grad_norm" not in keys and "test_accuracy" in keys
+    assert db.execute("SELECT meta_json FROM runs WHERE name='cfg'").fetchone()[0] == '{"lr": 0.5}'
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--model", "user.py:nope"), "has no attribute 'nope'"),
+        (("--model", "missing_module_xyz:make"), "module 'missing_module_xyz' not found"),
+        (("--data", "user.py:no_data"), "returned None"),
+        (("--loss", "user.py:per_sample_loss"), "must return a scalar"),
+        (("--checkpoints", "empty"), "holds no checkpoints"),
+        (("--checkpoints", "nowhere"), "does not exist"),
+        (("--probes", "nonexistent"), "unknown probe 'nonexistent'"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(project, args, fragment):
+    (project / "empty").mkdir()
+    base = {"--model": "user.py:make_model", "--data": "user.py:make_data", "--loss": "cross_entropy",
+            "--checkpoints": "ckpts", "--probes": "metrics"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    flat = [item for pair in base.items() for item in pair]
+    done = _landscape("analyze", *flat, "--store", "s.sqlite", "--quiet", cwd=project)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr
+    assert _count(project / "s.sqlite") == 0
+
+
+def test_bad_checkpoints_are_reported_and_skipped(project):
+    (project / "ckpts" / "step_000070.pt").write_bytes(b"not a checkpoint at all")
+    torch.save(nn.Linear(2, 2).state_dict(), project / "ckpts" / "step_000080.pt")
+    done = _analyze(project)
+    assert done.returncode == 1
+    assert "checkpoint file ckpts/step_000070.pt is truncated or not a checkpoint" in done.stderr
+    assert "step_000080.pt does not fit the model" in done.stderr
+    assert _count(project / "s.sqlite") == 6 and _count(project / "s.sqlite", "errors") == 2
+
+
+def test_malicious_checkpoint_is_refused(project):
+    marker = project / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    torch.save({"state_dict": {}, "payload": Evil()}, project / "ckpts" / "step_000090.pt")
+    done = _analyze(project)
+    assert done.returncode == 1 and "--unsafe-pickle" in done.stderr
+    assert not marker.exists()
+
+
+def test_killed_analyze_resumes_without_recomputing(project):
+    store = project / "s.sqlite"
+    cmd = [sys.executable, "-m", "landscape.cli", "analyze", "--model", "user.py:make_model", "--data",
+           "user.py:make_data", "--loss", "user.py:slow_loss", "--checkpoints", "ckpts", "--probes", "metrics",
+           "--store", "s.sqlite", "--quiet"]
+    process = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _count(store) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stored = _count(store)
+    assert 2 <= stored < 6, "the run should have been killed part-way"
+    done = _landscape(*cmd[3:], cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert f"{6 - stored} computed, {stored} already stored" in done.stderr
+    db = sqlite3.connect(store)
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT step) FROM results").fetchone() == (6, 6)
+
+
+def test_probes_listing_and_version(project):
+    listing = _landscape("probes", cwd=project)
+    assert listing.returncode == 0 and "metrics:" in listing.stdout
+    assert _landscape("--version", cwd=project).stdout.startswith("landscape ")

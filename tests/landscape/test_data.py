@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from landscape.data import Batches, DataError, as_batches
+
+
+def _xy(n=10, d=3):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, d, generator=g), torch.arange(n) % 3
+
+
+def test_single_pair_becomes_one_batch():
+    x, y = _xy()
+    b = as_batches((x, y))
+    assert len(b) == 1 and b.n_samples == 10
+    assert torch.equal(b.batches[0][0], x)
+
+
+def test_numpy_pair_and_list_of_unequal_batches():
+    x, y = _xy()
+    b = as_batches([(x[:7].numpy(), y[:7].numpy()), (x[7:], y[7:])])
+    assert [len(t) for t, _ in b] == [7, 3]
+    assert torch.equal(b.merged()[0], x)
+
+
+def test_dataloader_is_materialized_once_and_reiterable():
+    x, y = _xy(20)
+    loader = DataLoader(TensorDataset(x, y), batch_size=6, shuffle=False)
+    b = as_batches(loader)
+    assert [len(t) for t, _ in b] == [6, 6, 6, 2]
+    assert list(b) == list(b)
+
+
+def test_max_samples_is_a_fixed_seeded_subset_independent_of_batching():
+    x, y = _xy(50)
+    one = as_batches((x, y), max_samples=12, seed=3).merged()
+    split = as_batches([(x[:20], y[:20]), (x[20:], y[20:])], max_samples=12, seed=3).merged()
+    again = as_batches((x, y), max_samples=12, seed=3).merged()
+    assert one[0].shape == (12, 3)
+    assert torch.equal(one[0], split[0]) and torch.equal(one[0], again[0])
+    other = as_batches((x, y), max_samples=12, seed=4).merged()
+    assert not torch.equal(one[0], other[0])
+
+
+def test_max_samples_above_total_keeps_everything():
+    x, y = _xy(5)
+    assert as_batches((x, y), max_samples=100).n_samples == 5
+
+
+def test_rebatched_keeps_order():
+    x, y = _xy(10)
+    b = as_batches((x, y), batch_size=4)
+    assert [len(t) for t, _ in b] == [4, 4, 2]
+    assert torch.equal(b.merged()[1], y)
+
+
+def test_device_placement_cpu():
+    x, y = _xy()
+    b = as_batches((x, y), device="cpu")
+    assert b.device.type == "cpu"
+    assert isinstance(b.to("cpu"), Batches)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (None, "is None"),
+        ("path.csv", "must be an (X, y) tuple"),
+        ([(torch.zeros(0, 3), torch.zeros(0))], "empty"),
+        ([(torch.zeros(3, 2), torch.zeros(4))], "3 inputs but 4 targets"),
+        ([torch.zeros(3)], "must be an (inputs, targets) pair"),
+        ([({"a": 1}, torch.zeros(1))], "must be a tensor"),
+    ],
+)
+def test_bad_data_gives_clear_error(bad, fragment):
+    with pytest.raises(DataError, match=None) as info:
+        as_batches(bad, name="train data")
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("train data")
+
+
+def test_bad_max_samples():
+    with pytest.raises(DataError, match="max_samples"):
+        as_batches(_xy(), max_samples=0)
+
+
+def test_dict_batches_accepted():
+    x, y = _xy(4)
+    b = as_batches([{"inputs": x, "targets": y}])
+    assert b.n_samples == 4
+    assert np.array_equal(b.merged()[1].numpy(), y.numpy())
