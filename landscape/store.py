@@ -280,6 +280,17 @@ class Store:
         """Row storage for an in-progress result (see ``probes.base.PartialRows``)."""
         return PartialRowStore(self, run, step, probe, config_hash)
 
+    def set_synchronous(self, level: str) -> None:
+        """How long this connection's commits wait for the disk: ``"FULL"`` (SQLite's default, a sync per
+        commit) or ``"NORMAL"`` (in WAL mode a committed record still survives a crash of the process; only
+        an OS crash or power loss may drop the latest ones). NORMAL makes frequent small writes, such as a
+        training callback's, several times cheaper."""
+        mode = str(level).upper()
+        if mode not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous level must be 'FULL' or 'NORMAL', got {level!r}.")
+        with self._lock:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+
     def change_token(self) -> tuple[int, int, int]:
         """A cheap value that changes whenever a result or error is added (for live polling)."""
         rid, count = self._query("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM results")[0]

@@ -1,0 +1,707 @@
+"""Watch a training run live: cheap scalars every few steps, registered probes on their own cadence.
+
+:class:`Monitor` is called from any training loop (``monitor.step(model, step, ...)``) and writes into a
+run store, one committed record at a time, so the dashboard can follow the run while it trains and a
+crash loses at most the record being written. Two kinds of records:
+
+* ``monitor`` (every ``every`` steps, cheap): ``train_loss`` (the loss passed in, else measured), ``lr``
+  (read from the optimizer), ``grad_norm`` (from the ``.grad`` already there — no extra backward),
+  ``weight_norm``, ``logit_norm``, ``max_logit_mean``, ``sc_fraction`` and ``train_accuracy`` (from the
+  ``outputs``/``targets`` passed in, else one forward pass over a fixed small subset of ``data``), and
+  ``test_loss``/``test_accuracy`` when test data is given.
+* any registered probe (``probes={"grokking": {...}}``), each on its own cadence: every ``probe_every``
+  steps (``schedule="linear"``) or log-spaced (``schedule="log"``: the gap between runs grows with the
+  step, at least ``probe_every``). A probe's params dict may hold ``"every"`` and ``"schedule"`` to set
+  its own cadence.
+
+Measuring never disturbs training: after ``step`` returns, the weights and buffers (bit for bit), every
+module's train/eval mode, every ``.grad``, the optimizer state and the Python, NumPy and torch random
+number generator states are exactly as before. A probe that raises, or returns NaN, is recorded with
+``Store.write_error`` (a warning is shown once per probe) and training goes on.
+
+The Lightning and Hugging Face adapters (``LandscapeCallback``/``MonitorCallback`` and
+``LandscapeTrainerCallback``) are thin layers over :class:`Monitor`; they are built on first access and
+need their framework installed (``pip install landscape[lightning]`` / ``landscape[hf]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.checkpoints import Checkpoint, sha256
+from landscape.data import Batches, as_batches
+from landscape.evaluate import LossFn, check_scalar_loss, evaluate
+from landscape.params import preserved
+
+if TYPE_CHECKING:
+    from landscape.store import Store
+    from probes.base import Probe, Result
+
+# The adapters LandscapeCallback/MonitorCallback and LandscapeTrainerCallback are served by __getattr__ below
+# (built on first access), so they are not listed here: `import *` must not need either framework.
+__all__ = ["Cadence", "HFHooks", "LightningHooks", "LogitsOnly", "Monitor", "logit_scalars", "read_lr", "rng_preserved"]
+
+MONITOR_PROBE = "monitor"
+
+
+# -- cadence ------------------------------------------------------------------------------------------
+class Cadence:
+    """Decides at which steps something runs.
+
+    ``linear``: at every multiple of ``every`` (a call that skips over one runs at the first step past it).
+    ``log``: at the first call, then whenever ``step ≥ next``, with ``next = max(step + every,
+    round(step · 10^(1/points_per_decade)))`` — dense early, geometric later, so a long run is covered
+    with few evaluations.
+    """
+
+    def __init__(self, every: int, schedule: str = "linear", points_per_decade: int = 10) -> None:
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}.")
+        if schedule not in ("linear", "log"):
+            raise ValueError(f"schedule must be 'linear' or 'log', got {schedule!r}.")
+        if not isinstance(points_per_decade, int) or points_per_decade < 1:
+            raise ValueError(f"points_per_decade must be a positive integer, got {points_per_decade!r}.")
+        self.every = every
+        self.schedule = schedule
+        self.ratio = 10.0 ** (1.0 / points_per_decade)
+        self._next: int | None = None
+
+    def due(self, step: int) -> bool:
+        """True if the thing should run at ``step`` (does not advance the cadence)."""
+        if self._next is None:
+            return self.schedule == "log" or step % self.every == 0
+        return step >= self._next
+
+    def first_due(self, step: int) -> int:
+        """The first step ``≥ step`` at which :meth:`due` holds (if nothing runs in between)."""
+        if self._next is None:
+            return step if self.schedule == "log" else -(-step // self.every) * self.every
+        return max(self._next, step)
+
+    def mark(self, step: int) -> None:
+        """Record that it ran at ``step``."""
+        if self.schedule == "linear":
+            self._next = (step // self.every + 1) * self.every
+        else:
+            self._next = max(step + self.every, int(round(step * self.ratio)))
+
+
+# -- keeping training state untouched -------------------------------------------------------------------
+@contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Restore the Python, NumPy and torch (CPU and initialized CUDA) generator states on exit."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _total_norm(tensors: Sequence[torch.Tensor]) -> float:
+    """Euclidean norm of all tensors together (one fused pass where torch offers it)."""
+    if not tensors:
+        return float("nan")
+    detached = [t.detach() for t in tensors]
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if total_norm is not None and len({t.device for t in detached}) == 1:
+        return float(total_norm(detached, 2.0))
+    norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32).cpu() for t in detached])
+    return float(torch.linalg.vector_norm(norms))
+
+
+def read_lr(optimizer: object | None) -> float | None:
+    """The learning rate of the optimizer's first parameter group (None if there is none)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        return None
+    lr = groups[0].get("lr")
+    if isinstance(lr, torch.Tensor):
+        lr = float(lr)
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def _class_logits(outputs: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Logits as [samples, classes] (sequence outputs flattened, ignored targets < 0 dropped), or None."""
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2 or not outputs.is_floating_point() or outputs.shape[-1] < 2:
+        return None
+    logits = outputs.detach().reshape(-1, outputs.shape[-1])
+    if targets is None:
+        return logits, None
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.numel() != logits.shape[0]:
+        return logits, None
+    flat = targets.detach().reshape(-1).to(logits.device)
+    keep = flat >= 0
+    if not bool(keep.all()):
+        return logits[keep], flat[keep]
+    return logits, flat
+
+
+def logit_scalars(outputs: torch.Tensor, targets: torch.Tensor | None, sc_dtype: torch.dtype) -> dict[str, float]:
+    """``logit_norm``, ``max_logit_mean``, ``sc_fraction`` and, with class targets, ``train_accuracy``."""
+    shaped = _class_logits(outputs, targets)
+    if shaped is None or shaped[0].shape[0] == 0:
+        return {}
+    logits, flat = shaped
+    cast = logits.to(sc_dtype)
+    top = cast.amax(dim=1, keepdim=True)
+    collapsed = (cast - top).exp().sum(dim=1) == 1
+    peak = top if cast.dtype == logits.dtype else logits.amax(dim=1)
+    values = [logits.float().norm(dim=1).mean(), peak.float().mean(), collapsed.float().mean()]
+    if flat is not None and flat.numel():
+        values.append((logits.argmax(dim=1) == flat).float().mean())
+    numbers = torch.stack(values).tolist()  # one device-to-host transfer
+    out = dict(zip(("logit_norm", "max_logit_mean", "sc_fraction", "train_accuracy"), numbers))
+    return out
+
+
+# -- the monitor ------------------------------------------------------------------------------------------
+@dataclass
+class _ProbeSpec:
+    name: str
+    probe: Probe
+    params: dict[str, Any]
+    config: str
+    cadence: Cadence
+    warned: bool = False
+
+
+@dataclass
+class _MemoryCheckpoint:
+    """The weights at the previous probe step, kept in memory when no checkpoint files are written."""
+
+    step: int
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Monitor:
+    """Log cheap training scalars and run registered probes during training, into a run store.
+
+    ``store``: a path (opened once, closed by :meth:`close`) or an open ``landscape.store.Store``.
+    ``data``/``test_data``: any accepted data argument (materialized once; ``max_samples`` keeps a fixed
+    seeded subset for the probes, ``subset_size`` the one for the cheap forward pass). ``loss_fn`` returns
+    the mean loss of a batch. ``save_checkpoints`` writes ``step_XXXXXXX.pt`` files (state dicts) to
+    ``checkpoint_dir`` at every probe step (and every ``checkpoint_every`` steps if given) and registers
+    them in the store; otherwise the weights of the previous probe step are kept in memory
+    (``keep_previous``) so trajectory quantities (feature change) still work. ``probe_device`` runs the
+    probes on a copy of the model on that device. ``sc_dtype``: the softmax dtype whose collapse
+    ``sc_fraction`` counts. ``sync`` sets the store connection's commit durability (``"normal"``: each
+    record is committed on its own and survives a crash of the training process, only an OS crash or
+    power loss may drop the latest ones — several times cheaper per record than ``"full"``; None leaves
+    the store as it is).
+    """
+
+    def __init__(
+        self,
+        store: Store | str | Path,
+        run: str,
+        probes: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
+        every: int = 10,
+        data: object | None = None,
+        loss_fn: LossFn | None = None,
+        test_data: object | None = None,
+        *,
+        probe_every: int = 100,
+        schedule: str = "linear",
+        points_per_decade: int = 10,
+        test_every: int | None = None,
+        save_checkpoints: bool = False,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        keep_previous: bool = True,
+        probe_device: str | torch.device | None = None,
+        subset_size: int = 512,
+        max_samples: int | None = None,
+        sc_dtype: torch.dtype | str = "float32",
+        label: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        sync: str | None = "normal",
+    ) -> None:
+        from landscape.store import Store
+
+        if not isinstance(run, str) or not run:
+            raise ValueError(f"run must be a non-empty string naming the run, got {run!r}.")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
+        if not isinstance(subset_size, int) or subset_size < 1:
+            raise ValueError(f"subset_size must be a positive integer, got {subset_size!r}.")
+        self.run = run
+        self.loss_fn = loss_fn
+        self.cadence = Cadence(every)
+        self.test_cadence = Cadence(test_every if test_every is not None else every)
+        self.sc_dtype = _float_dtype(sc_dtype)
+        self.subset_size = subset_size
+        self.max_samples = max_samples
+        self.seed = seed
+        self.probe_device = None if probe_device is None else torch.device(probe_device)
+        self.keep_previous = keep_previous
+        self._data = None if data is None else as_batches(data, name="data")
+        self._test = None if test_data is None else as_batches(test_data, name="test data")
+        self._batches: dict[tuple[str, str], Batches] = {}
+        self._specs = self._resolve_probes(probes, probe_every, schedule, points_per_decade)
+        if self._specs and (self._data is None or loss_fn is None):
+            raise ValueError("registered probes need training data and a loss: pass data= and loss_fn=.")
+        self.save_checkpoints = bool(save_checkpoints)
+        self.checkpoint_cadence = None if checkpoint_every is None else Cadence(checkpoint_every)
+        if isinstance(store, Store):
+            self.store, self._owns_store = store, False
+        elif isinstance(store, (str, Path)):
+            self.store, self._owns_store = Store(store), True
+        else:
+            raise TypeError(f"store must be a path or a landscape.store.Store, got {type(store).__name__}.")
+        if self.store.readonly:
+            raise ValueError(f"store {self.store.path} is open read-only; the monitor needs to write.")
+        if sync is not None:
+            self.store.set_synchronous(sync)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (
+            self.store.path.parent / "checkpoints" / _safe_name(run)
+        )
+        self._checkpoints: list[Checkpoint] = []
+        self._previous: _MemoryCheckpoint | None = None
+        self._lr: float | None = None
+        self._warned: set[str] = set()
+        self._wake = -(2**63)  # no step is skipped before the first call
+        run_meta: dict[str, Any] = {
+            "monitor_every": every,
+            "probes": {s.name: s.params for s in self._specs},
+            **dict(meta or {}),
+        }
+        if label is not None:
+            run_meta["label"] = label
+        self.store.add_run(run, run_meta)
+
+    # -- setup -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_probes(probes: object, probe_every: int, schedule: str, points_per_decade: int) -> list[_ProbeSpec]:
+        if probes is None:
+            return []
+        from landscape.store import config_hash
+        from probes import get, resolve_params
+
+        if isinstance(probes, str):
+            probes = [probes]
+        if isinstance(probes, Mapping):
+            items = [(str(k), dict(v or {})) for k, v in probes.items()]
+        elif isinstance(probes, Sequence):
+            items = [(str(k), {}) for k in probes]
+        else:
+            raise TypeError(f"probes must be a dict {{name: params}} or a list of names, got {type(probes).__name__}.")
+        specs = []
+        for name, params in items:
+            if name == MONITOR_PROBE:
+                raise ValueError(f"{MONITOR_PROBE!r} is the monitor's own record; it cannot be registered as a probe.")
+            probe = get(name)
+            cadence = Cadence(
+                int(params.pop("every", probe_every)), str(params.pop("schedule", schedule)), points_per_decade
+            )
+            resolved = resolve_params(probe, params)
+            specs.append(_ProbeSpec(name, probe, resolved, config_hash(name, resolved), cadence))
+        return specs
+
+    def _on(self, data: Batches, device: torch.device, which: str, max_samples: int | None) -> Batches:
+        key = (which, str(device))
+        if key not in self._batches:
+            self._batches[key] = as_batches(data, device=device, max_samples=max_samples, seed=self.seed)
+        return self._batches[key]
+
+    # -- the per-step entry point ------------------------------------------------------------------------
+    def step(
+        self,
+        model: nn.Module,
+        step: int,
+        optimizer: object | None = None,
+        loss: torch.Tensor | float | None = None,
+        outputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        force: bool = False,
+    ) -> dict[str, float] | None:
+        """Record what is due at ``step`` (everything if ``force``); returns the monitor scalars written, if any.
+
+        Call it after the optimizer step of iteration ``step``. ``loss``, ``outputs`` and ``targets`` are
+        the ones the training step just computed (optional; they save a forward pass).
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        step = int(step)
+        if not force and step < self._wake:  # the common case: nothing due, return at once
+            return None
+        cheap = force or self.cadence.due(step)
+        due = [s for s in self._specs if force or s.cadence.due(step)]
+        save = self.save_checkpoints and (bool(due) or (self.checkpoint_cadence is not None and self.checkpoint_cadence.due(step)))
+        if not (cheap or due or save):
+            self._wake = self._first_due(step)
+            return None
+        lr = read_lr(optimizer)
+        if lr is not None and lr != self._lr:
+            self.store.add_run(self.run, {"lr": lr})
+            self._lr = lr
+        written = None
+        if cheap:
+            self.cadence.mark(step)
+            written = self._record_monitor(model, step, optimizer, loss, outputs, targets, force)
+        if save:
+            self._save_checkpoint(model, step)
+        if due:
+            with rng_preserved():
+                self._run_probes(model, step, due)
+        self._wake = self._first_due(step + 1)
+        return written
+
+    def _first_due(self, step: int) -> int:
+        cadences = [self.cadence, *(s.cadence for s in self._specs)]
+        if self.save_checkpoints and self.checkpoint_cadence is not None:
+            cadences.append(self.checkpoint_cadence)
+        return min(c.first_due(step) for c in cadences)
+
+    # -- cheap scalars -------------------------------------------------------------------------------------
+    def _record_monitor(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
+                        outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> dict[str, float] | None:
+        from probes.base import Result
+
+        try:
+            scalars = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force)
+        except Exception as error:  # a broken measurement must not stop training
+            self._fail(MONITOR_PROBE, step, f"{type(error).__name__}: {error}")
+            return None
+        bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+        result = Result(scalars=scalars, params={"every": self.cadence.every, "sc_dtype": str(self.sc_dtype)})
+        if bad:
+            result.valid, result.message = False, f"non-finite: {', '.join(bad)}"
+            self._warn_once(MONITOR_PROBE, f"monitor scalars are not finite at step {step} ({', '.join(bad)}).")
+        self.store.write_result(self.run, step, MONITOR_PROBE, result)
+        return scalars
+
+    def _monitor_scalars(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
+                         outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> dict[str, float]:
+        scalars: dict[str, float] = {}
+        lr = read_lr(optimizer)
+        if lr is not None:
+            scalars["lr"] = lr
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            scalars["grad_norm"] = _total_norm(grads)
+        scalars["weight_norm"] = _total_norm(params)
+        if outputs is not None:
+            if loss is None and targets is not None and self.loss_fn is not None:
+                with rng_preserved(), torch.no_grad():
+                    loss = check_scalar_loss(self.loss_fn(outputs.detach(), targets))
+            scalars.update(logit_scalars(outputs, targets, self.sc_dtype))
+        elif self._data is not None:
+            measured = self._forward_subset(model)
+            if loss is None and "train_loss" in measured:
+                loss = measured.pop("train_loss")
+            measured.pop("train_loss", None)
+            scalars.update(measured)
+        if loss is not None:
+            scalars["train_loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if self._test is not None and self.loss_fn is not None and (force or self.test_cadence.due(step)):
+            self.test_cadence.mark(step)
+            with rng_preserved(), _eval_mode(model):
+                test = evaluate(model, self.loss_fn, self._on(self._test, _device_of(model), "test", None))
+            scalars["test_loss"] = test.loss
+            if test.accuracy is not None:
+                scalars["test_accuracy"] = test.accuracy
+        return scalars
+
+    def _forward_subset(self, model: nn.Module) -> dict[str, float]:
+        assert self._data is not None
+        subset = self._on(self._data, _device_of(model), "subset", self.subset_size)
+        with rng_preserved(), _eval_mode(model), torch.inference_mode():
+            pairs = [(model(x), y) for x, y in subset]
+            outputs = torch.cat([o for o, _ in pairs])
+            targets = torch.cat([y for _, y in pairs])
+            out = logit_scalars(outputs, targets, self.sc_dtype)
+            if self.loss_fn is not None:
+                total = sum(float(check_scalar_loss(self.loss_fn(o, y))) * int(y.shape[0]) for o, y in pairs)
+                out["train_loss"] = total / int(targets.shape[0])
+        return out
+
+    # -- registered probes -----------------------------------------------------------------------------------
+    def _run_probes(self, model: nn.Module, step: int, due: list[_ProbeSpec]) -> None:
+        from probes.base import ProbeContext
+
+        device = self.probe_device or _device_of(model)
+        checkpoints, load_state = self._trajectory(model, step, device)
+        train = self._on(self._data, device, "probe", self.max_samples)  # type: ignore[arg-type]
+        test = None if self._test is None else self._on(self._test, device, "probe-test", self.max_samples)
+        if self.probe_device is not None:
+            target = copy.deepcopy(model).to(device)
+            target.eval()
+            context = preserved(target)
+        else:
+            target, context = model, preserved(model)
+        with context:
+            for spec in due:
+                spec.cadence.mark(step)
+                ctx = ProbeContext(
+                    model=target, loss_fn=self.loss_fn, train=train, test=test,  # type: ignore[arg-type]
+                    device=device, step=step, run=self.run, checkpoints=checkpoints, load_state=load_state,
+                    lr=self._lr, partial=self.store.partial(self.run, step, spec.name, spec.config), progress=False,
+                )
+                self._run_one(spec, ctx, step)
+        if not self.save_checkpoints and self.keep_previous:
+            self._previous = _MemoryCheckpoint(step, {k: v.detach().clone() for k, v in target.state_dict().items()})
+
+    def _run_one(self, spec: _ProbeSpec, ctx: Any, step: int) -> None:
+        try:
+            result: Result = spec.probe.run(ctx, **copy.deepcopy(spec.params))
+        except Exception as error:  # a failing probe is recorded; training goes on
+            self._fail(spec.name, step, f"{type(error).__name__}: {error}", spec.config)
+            return
+        if not result.params:
+            result.params = dict(spec.params)
+        if result.has_nonfinite():
+            bad = sorted(k for k, v in result.scalars.items() if not math.isfinite(v))
+            result.valid = False
+            result.message = f"non-finite scalars: {', '.join(bad)}"
+        self.store.write_result(self.run, step, spec.name, result, config=spec.config)
+        if not result.valid:
+            self._fail(spec.name, step, result.message or "invalid result", spec.config)
+
+    def _trajectory(self, model: nn.Module, step: int, device: torch.device) -> tuple[list[Checkpoint], Callable | None]:
+        if self.save_checkpoints:
+            from landscape.checkpoints import load_checkpoint
+
+            def load_file(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+                return load_checkpoint(checkpoint.path, map_location=device)
+
+            return list(self._checkpoints), load_file
+        if self._previous is None:
+            return [], None
+        previous = self._previous
+        here = Checkpoint(step, Path(f"<memory>/step_{step:07d}"))
+        kept = Checkpoint(previous.step, Path(f"<memory>/step_{previous.step:07d}"))
+
+        def load_memory(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+            if checkpoint.step == previous.step:
+                return {k: v.to(device) for k, v in previous.state.items()}
+            if checkpoint.step == step:
+                return {k: v.detach().clone().to(device) for k, v in model.state_dict().items()}
+            raise KeyError(f"no weights kept in memory for step {checkpoint.step}.")
+
+        return [kept, here], load_memory
+
+    def _save_checkpoint(self, model: nn.Module, step: int) -> None:
+        if self.checkpoint_cadence is not None and self.checkpoint_cadence.due(step):
+            self.checkpoint_cadence.mark(step)
+        if any(c.step == step for c in self._checkpoints):
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"step_{step:07d}.pt"
+        temporary = path.with_suffix(".pt.tmp")
+        torch.save({"state_dict": model.state_dict(), "step": step}, temporary)
+        temporary.replace(path)
+        self.store.add_checkpoint(self.run, step, path, sha256(path))
+        self._checkpoints.append(Checkpoint(step, path))
+
+    # -- failures ------------------------------------------------------------------------------------------
+    def _fail(self, probe: str, step: int, message: str, config: str | None = None) -> None:
+        try:
+            self.store.write_error(self.run, step, probe, message, config=config)
+        finally:
+            self._warn_once(probe, f"probe {probe!r} failed at step {step}: {message} (recorded in the store; "
+                                   "training continues, further failures are recorded silently).")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the store if the monitor opened it."""
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _float_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
+            return resolved
+    elif isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ValueError(f"sc_dtype must be a floating-point dtype such as 'float32', got {dtype!r}.")
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# -- framework adapters ----------------------------------------------------------------------------------------
+def _monitor_from(monitor: Monitor | None, kwargs: dict[str, Any], what: str) -> Monitor:
+    if monitor is not None:
+        if kwargs:
+            raise ValueError(f"{what}: pass either monitor= or the Monitor arguments, not both.")
+        if not isinstance(monitor, Monitor):
+            raise TypeError(f"{what}: monitor must be a landscape.callbacks.Monitor, got {type(monitor).__name__}.")
+        return monitor
+    return Monitor(**kwargs)
+
+
+def _loss_of(outputs: object) -> torch.Tensor | None:
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
+        return outputs
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), torch.Tensor):
+        return outputs["loss"]
+    return None
+
+
+class LightningHooks:
+    """The Lightning callback's behaviour (framework-free, so it is testable without Lightning)."""
+
+    def __init__(self, monitor: Monitor | None = None, **monitor_kwargs: Any) -> None:
+        self.monitor = _monitor_from(monitor, monitor_kwargs, "LandscapeCallback")
+
+    @staticmethod
+    def _optimizer(trainer: Any) -> object | None:
+        optimizers = getattr(trainer, "optimizers", None) or []
+        return optimizers[0] if optimizers else None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.monitor.step(pl_module, int(trainer.global_step), optimizer=self._optimizer(trainer), loss=_loss_of(outputs))
+
+    def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        self.monitor.step(pl_module, int(trainer.global_step), optimizer=self._optimizer(trainer), force=True)
+
+
+class LogitsOnly(nn.Module):
+    """Present a model whose forward returns a dict/ModelOutput as one returning its ``logits`` tensor."""
+
+    def __init__(self, model: nn.Module, key: str = "logits") -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(inputs)
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, Mapping) and self.key in out:
+            return out[self.key]
+        value = getattr(out, self.key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            return out[0]
+        raise TypeError(f"model output has no {self.key!r} tensor (got {type(out).__name__}).")
+
+
+class HFHooks:
+    """The Hugging Face callback's behaviour (framework-free, so it is testable without transformers).
+
+    The model is seen through :class:`LogitsOnly` (``logits_only=True``) so probes and the cheap forward
+    get a logits tensor from ``model(input_ids)``; data must then be ``(input_ids, labels)`` pairs.
+    """
+
+    def __init__(self, monitor: Monitor | None = None, *, logits_only: bool = True, **monitor_kwargs: Any) -> None:
+        self.monitor = _monitor_from(monitor, monitor_kwargs, "LandscapeTrainerCallback")
+        self.logits_only = logits_only
+        self._view: tuple[int, nn.Module] | None = None
+
+    def _model(self, model: nn.Module) -> nn.Module:
+        if not self.logits_only:
+            return model
+        if self._view is None or self._view[0] != id(model):
+            self._view = (id(model), LogitsOnly(model))
+        return self._view[1]
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                    optimizer: object | None = None, **kwargs: Any) -> None:
+        if model is not None:
+            self.monitor.step(self._model(model), int(state.global_step), optimizer=optimizer)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                     optimizer: object | None = None, **kwargs: Any) -> None:
+        if model is not None:
+            self.monitor.step(self._model(model), int(state.global_step), optimizer=optimizer, force=True)
+
+
+_ADAPTERS: dict[str, type] = {}
+
+
+def _lightning_callback() -> type:
+    if "lightning" not in _ADAPTERS:
+        try:
+            from lightning.pytorch.callbacks import Callback
+        except ImportError:
+            try:
+                from pytorch_lightning.callbacks import Callback  # the older package name
+            except ImportError:
+                raise ImportError(
+                    "LandscapeCallback needs PyTorch Lightning; install it with: pip install landscape[lightning]"
+                ) from None
+
+        class LandscapeCallback(LightningHooks, Callback):  # type: ignore[misc, valid-type]
+            """PyTorch Lightning callback: a :class:`Monitor` fed after every training batch."""
+
+        _ADAPTERS["lightning"] = LandscapeCallback
+    return _ADAPTERS["lightning"]
+
+
+def _hf_callback() -> type:
+    if "hf" not in _ADAPTERS:
+        try:
+            from transformers import TrainerCallback
+        except ImportError:
+            raise ImportError(
+                "LandscapeTrainerCallback needs Hugging Face transformers; install it with: pip install landscape[hf]"
+            ) from None
+
+        class LandscapeTrainerCallback(HFHooks, TrainerCallback):  # type: ignore[misc, valid-type]
+            """Hugging Face ``Trainer`` callback: a :class:`Monitor` fed after every optimizer step."""
+
+        _ADAPTERS["hf"] = LandscapeTrainerCallback
+    return _ADAPTERS["hf"]
+
+
+def __getattr__(name: str) -> Any:
+    # The adapters are built on first access so that importing this module never needs either framework.
+    if name in ("LandscapeCallback", "MonitorCallback"):
+        return _lightning_callback()
+    if name in ("LandscapeTrainerCallback", "HFMonitorCallback"):
+        return _hf_callback()
+    raise AttributeError(f"module 'landscape.callbacks' has no attribute {name!r}")

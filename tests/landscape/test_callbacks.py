@@ -1,0 +1,508 @@
+"""Tests for landscape.callbacks: Monitor cadence, records, untouched training state, failures, adapters."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import probes
+from landscape import callbacks
+from landscape.callbacks import Cadence, HFHooks, LightningHooks, LogitsOnly, Monitor, logit_scalars, read_lr
+from landscape.store import Store
+from probes.base import Result
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=generator)
+    return x, x[:, :3].argmax(dim=1)
+
+
+def _model(seed: int = 0, *, noisy: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    if noisy:  # dropout (consumes RNG in train mode) and batch norm (running statistics)
+        return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, monitor: Monitor | None = None, *,
+           pass_outputs: bool = True) -> None:
+    x, y = _data()
+    for step in range(steps):
+        model.train()
+        optimizer.zero_grad()
+        index = torch.randint(0, len(x), (16,))  # consumes the torch RNG: a disturbed RNG changes the run
+        outputs = model(x[index])
+        loss = F.cross_entropy(outputs, y[index])
+        loss.backward()
+        optimizer.step()
+        if monitor is not None:
+            if pass_outputs:
+                monitor.step(model, step, optimizer, loss=loss, outputs=outputs, targets=y[index])
+            else:
+                monitor.step(model, step, optimizer)
+
+
+def _rng_states() -> tuple:
+    return random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+
+
+def _assert_same_rng(before: tuple, after: tuple) -> None:
+    assert before[0] == after[0]
+    np.testing.assert_array_equal(before[1], after[1])
+    assert torch.equal(before[2], after[2])
+
+
+def _steps(store: Store, run: str, probe: str) -> list[int]:
+    return store.steps(run, probe=probe)
+
+
+# -- cadence ----------------------------------------------------------------------------------------------
+def test_linear_cadence_runs_at_multiples_and_catches_up_after_a_skip() -> None:
+    cadence = Cadence(10)
+    ran = []
+    for step in [0, 3, 9, 10, 11, 25, 29, 30]:
+        if cadence.due(step):
+            cadence.mark(step)
+            ran.append(step)
+    assert ran == [0, 10, 25, 30]
+
+
+def test_log_cadence_grows_geometrically_with_a_minimum_gap() -> None:
+    cadence = Cadence(10, "log", points_per_decade=10)
+    ran = []
+    for step in range(1, 400):
+        if cadence.due(step):
+            cadence.mark(step)
+            ran.append(step)
+    # first call, then next = max(step + 10, round(step * 10^0.1)): gaps of 10 until the ratio takes over
+    # (41 * 1.2589 = 51.6 -> 52, 52 -> 65.5 -> 65, ..., 259 -> 326.1 -> 326)
+    assert ran == [1, 11, 21, 31, 41, 52, 65, 82, 103, 130, 164, 206, 259, 326]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"every": 0}, "every must be a positive integer"),
+    ({"every": 2.5}, "every must be a positive integer"),
+    ({"every": 5, "schedule": "cosine"}, "schedule must be 'linear' or 'log'"),
+    ({"every": 5, "points_per_decade": 0}, "points_per_decade must be"),
+])
+def test_cadence_rejects_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Cadence(**kwargs)
+
+
+# -- records -----------------------------------------------------------------------------------------------
+def test_short_run_writes_monitor_and_probe_rows_at_the_expected_steps(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = Monitor(
+        tmp_path / "store.sqlite", "run-a", probes={"metrics": {"every": 10}, "grokking": {"every": 10}}, every=5,
+        data=_data(), loss_fn=F.cross_entropy, test_data=_data(32, seed=1), label="demo",
+    )
+    _train(model, optimizer, 23, monitor)
+    store = monitor.store
+    assert _steps(store, "run-a", "monitor") == [0, 5, 10, 15, 20]
+    assert _steps(store, "run-a", "metrics") == [0, 10, 20]
+    assert _steps(store, "run-a", "grokking") == [0, 10, 20]
+    keys = set(store.scalars(run="run-a", probe="monitor")["key"])
+    assert {"train_loss", "lr", "grad_norm", "weight_norm", "logit_norm", "sc_fraction", "train_accuracy",
+            "test_loss", "test_accuracy"} <= keys
+    meta = store.run_meta("run-a")
+    assert meta["lr"] == 0.05 and meta["label"] == "demo"
+    grokking = store.scalars(run="run-a", probe="grokking")
+    assert "feature_change" in set(grokking[grokking.step == 10]["key"])  # previous probe weights kept in memory
+    assert "feature_change" not in set(grokking[grokking.step == 0]["key"])
+    assert store.errors().empty
+    monitor.close()
+
+
+def test_monitor_scalars_match_direct_computation(tmp_path: Path) -> None:
+    model = _model()
+    x, y = _data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    outputs = model(x)
+    loss = F.cross_entropy(outputs, y)
+    loss.backward()
+    with Monitor(tmp_path / "s.sqlite", "r", every=1) as monitor:
+        row = monitor.step(model, 0, optimizer, loss=loss, outputs=outputs, targets=y)
+    assert row is not None
+    grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+    weight_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in model.parameters()))
+    # norms are summed per tensor in float32 then combined in float64: ~1e-7 relative
+    assert row["grad_norm"] == pytest.approx(grad_norm, rel=1e-6)
+    assert row["weight_norm"] == pytest.approx(weight_norm, rel=1e-6)
+    assert row["train_loss"] == pytest.approx(float(loss.detach()), rel=1e-7)
+    assert row["lr"] == 0.1
+    assert row["train_accuracy"] == pytest.approx(float((outputs.argmax(1) == y).double().mean()))
+
+
+def test_monitor_measures_on_a_subset_when_no_outputs_are_passed(tmp_path: Path) -> None:
+    model = _model()
+    x, y = _data()
+    with Monitor(tmp_path / "s.sqlite", "r", every=1, data=(x, y), loss_fn=F.cross_entropy, subset_size=64) as monitor:
+        row = monitor.step(model, 0)
+    assert row is not None and "grad_norm" not in row and "lr" not in row  # no .grad, no optimizer
+    with torch.no_grad():
+        logits = model(x)
+    assert row["train_loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+    assert row["logit_norm"] == pytest.approx(float(logits.double().norm(dim=1).mean()), rel=1e-6)
+
+
+def test_logit_scalars_hand_values_and_sequence_outputs() -> None:
+    logits = torch.tensor([[30.0, 0.0], [1.0, 2.0]])
+    targets = torch.tensor([0, 0])
+    out = logit_scalars(logits, targets, torch.float32)
+    assert out["sc_fraction"] == 0.5  # gap 30 > 16.6 collapses in float32, gap 1 does not
+    assert out["train_accuracy"] == 0.5
+    assert out["max_logit_mean"] == pytest.approx(16.0)
+    assert out["logit_norm"] == pytest.approx((30.0 + math.sqrt(5.0)) / 2)
+    sequence = logits.reshape(1, 2, 2)
+    ignored = logit_scalars(sequence, torch.tensor([[0, -100]]), torch.float32)
+    assert ignored["train_accuracy"] == 1.0 and ignored["sc_fraction"] == 1.0  # the -100 token is left out
+    assert logit_scalars(torch.zeros(4), None, torch.float32) == {}
+
+
+def test_lr_changes_update_the_run_meta_and_reach_the_probe_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float | None] = []
+
+    class LrProbe:
+        name = "lr_probe"
+        defaults: ClassVar[dict[str, Any]] = {}
+
+        def run(self, ctx: Any, **params: Any) -> Result:
+            seen.append(ctx.lr)
+            return Result(scalars={"one": 1.0})
+
+    monkeypatch.setitem(probes.registry(), "lr_probe", LrProbe())
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    with Monitor(tmp_path / "s.sqlite", "r", probes=["lr_probe"], every=1, probe_every=1, data=_data(),
+                 loss_fn=F.cross_entropy) as monitor:
+        monitor.step(model, 0, optimizer)
+        optimizer.param_groups[0]["lr"] = 0.1
+        monitor.step(model, 1, optimizer)
+        assert monitor.store.run_meta("r")["lr"] == 0.1
+    assert seen == [0.2, 0.1]
+    assert read_lr(None) is None and read_lr(SimpleNamespace(param_groups=[{"lr": torch.tensor(0.5)}])) == 0.5
+
+
+def test_calls_that_skip_steps_still_record_at_the_first_step_past_each_multiple(tmp_path: Path) -> None:
+    with Monitor(tmp_path / "s.sqlite", "r", every=10) as monitor:
+        written = [step for step in range(0, 40, 7) if monitor.step(_model(), step) is not None]
+        assert written == [0, 14, 21, 35]  # multiples 10, 20, 30 are passed at 14, 21, 35
+        assert _steps(monitor.store, "r", "monitor") == [0, 14, 21, 35]
+
+
+def test_force_runs_everything_and_log_schedule_for_probes(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with Monitor(tmp_path / "s.sqlite", "r", probes={"metrics": {"gradient": False}}, every=100, probe_every=2,
+                 schedule="log", points_per_decade=2, data=_data(), loss_fn=F.cross_entropy) as monitor:
+        for step in range(1, 40):
+            monitor.step(model, step, optimizer)
+        monitor.step(model, 41, optimizer, force=True)
+        # log: 1, then max(step + 2, round(step * sqrt(10))): 1, 3, 9, 28; then the forced 41
+        assert _steps(monitor.store, "r", "metrics") == [1, 3, 9, 28, 41]
+        assert _steps(monitor.store, "r", "monitor") == [41]
+
+
+def test_save_checkpoints_writes_files_and_registers_them(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with Monitor(tmp_path / "s.sqlite", "r", probes={"grokking": {"every": 4}}, every=4, data=_data(),
+                 loss_fn=F.cross_entropy, save_checkpoints=True, checkpoint_every=2) as monitor:
+        _train(model, optimizer, 9, monitor)
+        saved = monitor.store.checkpoints("r")
+        grokking = monitor.store.scalars(run="r", probe="grokking")
+    assert [s for s, _, _ in saved] == [0, 2, 4, 6, 8]
+    assert all(Path(p).is_file() and len(h) == 64 for _, p, h in saved)
+    assert Path(saved[0][1]).parent == tmp_path / "checkpoints" / "r"
+    state = torch.load(saved[-1][1], weights_only=True)
+    assert state["step"] == 8 and torch.equal(state["state_dict"]["0.weight"], model[0].weight.detach())
+    assert "feature_change" in set(grokking[grokking.step == 4]["key"])
+
+
+# -- training is not disturbed ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("probe_device", [None, "cpu"])
+def test_one_monitor_step_leaves_every_piece_of_training_state_as_it_was(tmp_path: Path, probe_device: str | None) -> None:
+    model = _model(noisy=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    _train(model, optimizer, 3)
+    x, y = _data()
+    model.train()
+    model[3].eval()  # a mixed mode must come back as it was
+    F.cross_entropy(model(x), y).backward()  # fresh .grad present during the monitor call
+    weights = copy.deepcopy(model.state_dict())
+    grads = [p.grad.clone() for p in model.parameters()]
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    modes = [m.training for m in model.modules()]
+    random.random(), np.random.rand()
+    rng = _rng_states()
+    with Monitor(tmp_path / "s.sqlite", "r", probes={"grokking": {}, "metrics": {}}, every=1, probe_every=1,
+                 data=(x, y), loss_fn=F.cross_entropy, test_data=_data(16, seed=3), probe_device=probe_device) as monitor:
+        monitor.step(model, 0, optimizer)
+        monitor.step(model, 1, optimizer)  # second call: trajectory quantities against the first
+    _assert_same_rng(rng, _rng_states())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
+    assert [m.training for m in model.modules()] == modes
+    after = optimizer.state_dict()
+    assert after["param_groups"] == optimizer_state["param_groups"]
+    for index, entry in optimizer_state["state"].items():
+        assert torch.equal(after["state"][index]["momentum_buffer"], entry["momentum_buffer"])
+
+
+def test_training_with_a_monitor_is_bit_identical_to_training_without(tmp_path: Path) -> None:
+    def run(with_monitor: bool) -> tuple[dict, dict, tuple]:
+        random.seed(7)
+        np.random.seed(7)
+        model = _model(noisy=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        monitor = None
+        if with_monitor:
+            monitor = Monitor(tmp_path / "s.sqlite", "r", probes={"grokking": {"every": 3}, "metrics": {"every": 2}},
+                              every=1, data=_data(), loss_fn=F.cross_entropy, test_data=_data(16, seed=2))
+        _train(model, optimizer, 8, monitor, pass_outputs=False)
+        if monitor is not None:
+            assert _steps(monitor.store, "r", "grokking") == [0, 3, 6]  # the probes really ran in between
+            assert _steps(monitor.store, "r", "metrics") == [0, 2, 4, 6]
+            monitor.close()
+        return model.state_dict(), optimizer.state_dict(), _rng_states()
+
+    plain_weights, plain_optimizer, plain_rng = run(False)
+    watched_weights, watched_optimizer, watched_rng = run(True)
+    for key, value in plain_weights.items():
+        assert torch.equal(value, watched_weights[key]), key
+    for index, entry in plain_optimizer["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(value, watched_optimizer["state"][index][name]), (index, name)
+    _assert_same_rng(plain_rng, watched_rng)
+
+
+# -- failures ----------------------------------------------------------------------------------------------------
+class _FailingProbe:
+    name = "failing"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def run(self, ctx: Any, **params: Any) -> Result:
+        raise RuntimeError("boom")
+
+
+class _NanProbe:
+    name = "nan_probe"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def run(self, ctx: Any, **params: Any) -> Result:
+        return Result(scalars={"value": float("nan")})
+
+
+def test_a_failing_probe_is_logged_once_and_training_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(probes.registry(), "failing", _FailingProbe())
+    monkeypatch.setitem(probes.registry(), "nan_probe", _NanProbe())
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.warns(RuntimeWarning) as warned:
+        monitor = Monitor(tmp_path / "s.sqlite", "r", probes=["failing", "nan_probe"], every=2, probe_every=2,
+                          data=_data(), loss_fn=F.cross_entropy)
+        _train(model, optimizer, 7, monitor)
+    messages = [str(w.message) for w in warned]
+    assert sum("'failing'" in m for m in messages) == 1  # warned once, not at every failure
+    assert sum("'nan_probe'" in m for m in messages) == 1
+    errors = monitor.store.errors(run="r")
+    failing = errors[errors.probe == "failing"]
+    assert list(failing.step) == [0, 2, 4, 6] and all("RuntimeError: boom" in m for m in failing.message)
+    assert list(errors[errors.probe == "nan_probe"].step) == [0, 2, 4, 6]
+    results = monitor.store.results(run="r", probe="nan_probe")
+    assert list(results.valid) == [0, 0, 0, 0]
+    assert _steps(monitor.store, "r", "monitor") == [0, 2, 4, 6]  # training and monitoring went on
+    monitor.close()
+
+
+def test_rows_committed_before_a_crash_survive(tmp_path: Path) -> None:
+    store_path = tmp_path / "crash.sqlite"
+    script = textwrap.dedent(f"""
+        import os, torch, torch.nn.functional as F
+        from torch import nn
+        from landscape.callbacks import Monitor
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        x = torch.randn(32, 4); y = torch.randint(0, 3, (32,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = Monitor({str(store_path)!r}, "crashy", probes={{"metrics": {{"every": 3}}}}, every=2,
+                          data=(x, y), loss_fn=F.cross_entropy)
+        for step in range(100):
+            optimizer.zero_grad(); out = model(x); loss = F.cross_entropy(out, y); loss.backward(); optimizer.step()
+            monitor.step(model, step, optimizer, loss=loss, outputs=out, targets=y)
+            if step == 9:
+                os._exit(3)  # dies without closing the store or flushing anything
+    """)
+    finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 3, finished.stderr
+    with Store(store_path, readonly=True) as store:
+        assert store.steps("crashy", probe="monitor") == [0, 2, 4, 6, 8]
+        assert store.steps("crashy", probe="metrics") == [0, 3, 6, 9]
+        assert len(store.scalars(run="crashy", probe="monitor", keys=["train_loss"])) == 5
+
+
+# -- bad arguments ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"run": ""}, ValueError, "run must be a non-empty string"),
+    ({"every": 0}, ValueError, "every must be a positive integer"),
+    ({"probes": ["metrics"]}, ValueError, "need training data and a loss"),
+    ({"probes": ["nonexistent"]}, KeyError, "unknown probe 'nonexistent'"),
+    ({"probes": ["monitor"]}, ValueError, "monitor's own record"),
+    ({"probes": {"metrics": {"bogus": 1}}}, ValueError, "has no parameter"),
+    ({"probes": 5}, TypeError, "probes must be a dict"),
+    ({"loss_fn": 3}, TypeError, "loss_fn must be callable"),
+    ({"sc_dtype": "int8"}, ValueError, "sc_dtype must be a floating-point dtype"),
+    ({"subset_size": 0}, ValueError, "subset_size must be a positive integer"),
+])
+def test_monitor_rejects_bad_arguments(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
+    arguments = {"store": tmp_path / "s.sqlite", "run": "r", **kwargs}
+    with pytest.raises(error, match=match):
+        Monitor(**arguments)
+
+
+def test_monitor_rejects_a_bad_store_and_model(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="store must be a path or a landscape.store.Store"):
+        Monitor(3, "r")  # type: ignore[arg-type]
+    Store(tmp_path / "s.sqlite").close()
+    with Store(tmp_path / "s.sqlite", readonly=True) as readonly, pytest.raises(ValueError, match="read-only"):
+        Monitor(readonly, "r")
+    with Monitor(tmp_path / "t.sqlite", "r") as monitor, pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        monitor.step("model", 0)  # type: ignore[arg-type]
+
+
+def test_an_open_store_is_shared_and_not_closed(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        for run in ("a", "b"):
+            with Monitor(store, run, every=1) as monitor:
+                monitor.step(_model(), 0)
+        assert store.runs() == ["a", "b"]  # still open after both monitors closed
+
+
+# -- adapters ------------------------------------------------------------------------------------------------------
+def test_lightning_hooks_feed_the_monitor(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    hooks = LightningHooks(store=tmp_path / "s.sqlite", run="pl", every=2, data=_data(), loss_fn=F.cross_entropy)
+    for step in range(1, 6):
+        trainer = SimpleNamespace(global_step=step, optimizers=[optimizer])
+        hooks.on_train_batch_end(trainer, model, {"loss": torch.tensor(0.5)}, None, step - 1)
+    hooks.on_train_end(SimpleNamespace(global_step=5, optimizers=[optimizer]), model)
+    store = hooks.monitor.store
+    assert _steps(store, "pl", "monitor") == [2, 4, 5]
+    losses = store.scalars(run="pl", probe="monitor", keys=["train_loss"])
+    assert list(losses.value[:2]) == [0.5, 0.5]
+    assert store.run_meta("pl")["lr"] == 0.3
+    with pytest.raises(ValueError, match="either monitor= or the Monitor arguments"):
+        LightningHooks(hooks.monitor, run="x")
+    hooks.monitor.close()
+
+
+class _DictOutputModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _model()
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.body(inputs)}
+
+
+def test_hf_hooks_view_the_model_through_its_logits(tmp_path: Path) -> None:
+    model = _DictOutputModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    hooks = HFHooks(store=tmp_path / "s.sqlite", run="hf", every=2, probes={"metrics": {"every": 2}}, data=_data(),
+                    loss_fn=F.cross_entropy)
+    for step in range(1, 5):
+        hooks.on_step_end(None, SimpleNamespace(global_step=step), None, model=model, optimizer=optimizer)
+    hooks.on_train_end(None, SimpleNamespace(global_step=4), None, model=model, optimizer=optimizer)
+    store = hooks.monitor.store
+    assert _steps(store, "hf", "monitor") == [2, 4]
+    assert _steps(store, "hf", "metrics") == [2, 4]
+    assert "sc_fraction" in set(store.scalars(run="hf", probe="monitor")["key"])
+    assert store.errors().empty
+    hooks.monitor.close()
+    x, _ = _data(4)
+    torch.testing.assert_close(LogitsOnly(model)(x), model.body(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="no 'logits' tensor"):
+        LogitsOnly(nn.Identity(), key="logits")(x.tolist())  # type: ignore[arg-type]
+
+
+def test_lightning_callback_in_a_real_trainer(tmp_path: Path) -> None:
+    lightning = pytest.importorskip("lightning", reason="PyTorch Lightning is an optional extra (landscape[lightning])")
+
+    class Classifier(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _model()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    callback = callbacks.LandscapeCallback(store=tmp_path / "s.sqlite", run="pl", every=2,
+                                           probes={"metrics": {"every": 4}}, data=(x, y), loss_fn=F.cross_entropy)
+    assert callbacks.MonitorCallback is callbacks.LandscapeCallback
+    trainer = lightning.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(Classifier(), loader)
+    store = callback.monitor.store
+    assert _steps(store, "pl", "monitor") == [2, 4, 6]
+    assert _steps(store, "pl", "metrics") == [4, 6]
+    assert store.run_meta("pl")["lr"] == 0.1
+    callback.monitor.close()
+
+
+def test_hf_callback_class_needs_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install landscape\[hf\]"):
+            callbacks.LandscapeTrainerCallback  # noqa: B018
+    else:
+        assert issubclass(callbacks.LandscapeTrainerCallback, transformers.TrainerCallback)
+
+
+def test_unknown_module_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        callbacks.Nope  # noqa: B018
+
+
+def test_monitor_relaxes_the_store_sync_unless_told_not_to(tmp_path: Path) -> None:
+    # PRAGMA synchronous reads 1 for NORMAL and 2 for FULL (SQLite's default)
+    with Monitor(tmp_path / "a.sqlite", "r") as monitor:
+        assert monitor.store._query("PRAGMA synchronous")[0][0] == 1
+    with Monitor(tmp_path / "b.sqlite", "r", sync=None) as monitor:
+        assert monitor.store._query("PRAGMA synchronous")[0][0] == 2
+    with Monitor(tmp_path / "c.sqlite", "r", sync="full") as monitor:
+        assert monitor.store._query("PRAGMA synchronous")[0][0] == 2
+    from landscape.store import StoreError
+
+    with Store(tmp_path / "d.sqlite") as store, pytest.raises(StoreError, match="synchronous level must be"):
+        store.set_synchronous("off")
