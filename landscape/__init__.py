@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from landscape.checkpoints import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
-from landscape.data import Batches, DataError, as_batches
-
 if TYPE_CHECKING:
+    from landscape.checkpoints import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
+    from landscape.data import Batches, DataError, as_batches
     from landscape.store import Store
 
 __all__ = [
@@ -29,10 +28,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The store pulls in pandas; import it only when asked for.
-    if name == "Store":
-        from landscape.store import Store
+# The public names load on first use, so that `import landscape.store` (the dashboard's only import from
+# the core) does not pull in torch.
+_LAZY = {
+    "Batches": "landscape.data", "DataError": "landscape.data", "as_batches": "landscape.data",
+    "Checkpoint": "landscape.checkpoints", "CheckpointError": "landscape.checkpoints",
+    "find_checkpoints": "landscape.checkpoints", "load_checkpoint": "landscape.checkpoints",
+    "Store": "landscape.store",
+}
 
-        return Store
-    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

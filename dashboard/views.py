@@ -1,0 +1,314 @@
+"""What each tab shows: stored data of the selected runs turned into figures, with a notice for what is missing.
+
+Each function reads only what its view shows, through the cached :class:`dashboard.data.Catalog`, and
+returns a :class:`View`. Its ``fingerprint`` names exactly the data behind it, so the page redraws a view
+only when that fingerprint changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard import figures
+from dashboard.data import MONITOR, Catalog, RunRef, Tokens
+
+TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking")
+TAB_LABELS = {"overview": "Overview", "landscape": "Landscape", "hessian": "Hessian", "sharpness": "Sharpness",
+              "collapse": "Collapse", "grokking": "Grokking"}
+# The probes whose scalars each tab plots (and exports as CSV).
+TAB_PROBES = {"overview": ("metrics", MONITOR), "landscape": ("slices",), "hessian": ("hessian",),
+              "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics")}
+
+_SURFACE_KEYS = ("loss", "accuracy", "test_loss", "test_accuracy")
+_SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_test_accuracy",
+               "x", "y", "loss", "accuracy", "test_loss", "test_accuracy"]
+_PATH_KEYS = ["path_x", "path_y", "path_steps", "explained_variance"]
+
+
+@dataclass
+class View:
+    """The figures of one view, a notice (or None), whether any data exist, and the data's fingerprint."""
+
+    figures: list[go.Figure]
+    notice: str | None = None
+    has_data: bool = True
+    fingerprint: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def how_to_get(probe: str) -> str:
+    return f"run `landscape analyze --probes {probe}`"
+
+
+def missing_notice(probe: str, missing: Sequence[str], total: int, *, hint: str | None = None) -> str | None:
+    """The sentence a view shows when some or all selected runs have no ``probe`` results."""
+    if not missing:
+        return None
+    hint = hint or how_to_get(probe)
+    if len(missing) == total:
+        where = "this run" if total == 1 else "these runs"
+        return f"No {probe} results in {where} yet — {hint}."
+    return f"No {probe} results yet for {', '.join(missing)} — {hint}."
+
+
+def _fp(catalog: Catalog, refs: Sequence[RunRef], probes: Sequence[str], tokens: Tokens | None, *args: object) -> str:
+    parts = [repr(args), "runs=" + ",".join(r.key for r in catalog.runs(tokens))] + [f"{r.key}:{p}:{catalog.fingerprint(r, p, tokens)}" for r in refs for p in probes]
+    return "|".join(parts)
+
+
+def colors(catalog: Catalog, tokens: Tokens | None) -> dict[str, str]:
+    """One colour per run over every open store, stable as runs are added."""
+    return figures.run_colors([r.key for r in catalog.runs(tokens)])
+
+
+def _no_runs_view(n: int = 1) -> View:
+    message = "Select one or more runs above."
+    return View([figures.empty_figure(message) for _ in range(n)], notice=message, has_data=False,
+                fingerprint="no-runs")
+
+
+def _graph_uirevision(fig: go.Figure, name: str) -> go.Figure:
+    # Keep the user's zoom, legend toggles and 3D camera across live updates and slider moves.
+    fig.update_layout(uirevision=name)
+    return fig
+
+
+# -- overview ---------------------------------------------------------------------------------------
+def overview(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
+    """Loss and accuracy over steps of the selected runs (training monitor and/or the metrics probe)."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view()
+    probes = TAB_PROBES["overview"]
+    fingerprint = _fp(catalog, refs, probes, tokens, "overview")
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not any(catalog.has(r, p, tokens) for p in probes)]
+    notice = missing_notice("metrics", missing, len(refs),
+                            hint="run `landscape analyze --probes metrics`, or train with the Monitor callback")
+    frame = catalog.scalars(refs, probes, tokens)
+    fig = figures.training_curves_figure(frame, colors=colors(catalog, tokens))
+    return View([_graph_uirevision(fig, "overview")], notice, len(missing) < len(refs), fingerprint)
+
+
+# -- landscape --------------------------------------------------------------------------------------
+def surface(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: int | None,
+            metric: str = "loss", plane: str = "random", previous: str | None = None) -> View | None:
+    """The 2-D surface of the focus run at the checkpoint nearest ``step`` (or the PCA plane + trajectory)."""
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None:
+        return _no_runs_view()
+    if not catalog.has(ref, "slices", tokens):
+        notice = missing_notice("slices", [ref.key], 1)
+        return View([figures.empty_figure(notice)], notice, False, _fp(catalog, [ref], ["slices"], tokens))
+    notice = None
+    steps = catalog.steps(ref, "slices", tokens)
+    if plane == "pca":
+        # The PCA plane is stored with the last checkpoint's result, once a run has three checkpoints.
+        last = steps[-1]
+        arrays = catalog.arrays(ref, "slices", last, tokens, keys=["pca_x"])
+        if "pca_x" in arrays:
+            fingerprint = _fp(catalog, [ref], ["slices"], tokens, "pca", metric, step)
+            if fingerprint == previous:
+                return None
+            arrays = catalog.arrays(ref, "slices", last, tokens,
+                                    keys=["pca_x", "pca_y", f"pca_{metric}", *_PATH_KEYS])
+            title = f"{ref.key} — PCA plane of the trajectory (computed at step {last:,})"
+            fig = figures.surface_figure(arrays, metric=metric, plane="pca", highlight_step=step, title=title)
+            return View([_graph_uirevision(fig, f"surface-pca-{ref.key}-{metric}")], None, True, fingerprint)
+        notice = ("No PCA plane in this run yet (it is stored with the last checkpoint once a run has at least "
+                  "three) — showing the plane at the checkpoint.")
+    shown = catalog.nearest_step(ref, "slices", step, tokens)
+    fingerprint = _fp(catalog, [ref], ["slices"], tokens, "random", metric, shown, notice)
+    if fingerprint == previous:
+        return None
+    arrays = catalog.arrays(ref, "slices", shown, tokens, keys=["x", "y", metric])
+    title = f"{ref.key} — plane of directions d₁, d₂ at step {shown:,}"
+    if step is not None and shown != step:
+        title += f" (nearest to {int(step):,})"
+    fig = figures.surface_figure(arrays, metric=metric, plane="random", title=title)
+    return View([_graph_uirevision(fig, f"surface-{ref.key}-{metric}")], notice, True, fingerprint)
+
+
+def slices_1d(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: int | None,
+              previous: str | None = None) -> View | None:
+    """The 1-D slice of every selected run at its checkpoint nearest ``step``, overlaid."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view()
+    nearest_steps = {ref: catalog.nearest_step(ref, "slices", step, tokens) for ref in refs}
+    fingerprint = _fp(catalog, refs, ["slices"], tokens, "slice", tuple(nearest_steps.values()))
+    if fingerprint == previous:
+        return None
+    curves, palette = {}, colors(catalog, tokens)
+    for ref, nearest in nearest_steps.items():
+        if nearest is None:
+            continue
+        found = figures.slice_curves(catalog.arrays(ref, "slices", nearest, tokens, keys=_SLICE_KEYS))
+        if found:
+            name = f"{ref.key} @ {nearest:,}"
+            curves[name] = found
+            palette[name] = palette[ref.key]
+    fig = figures.slice_figure(curves, colors=palette, title="1-D slice through the checkpoint")
+    return View([_graph_uirevision(fig, "slice-1d")], None, bool(curves), fingerprint)
+
+
+# -- hessian ----------------------------------------------------------------------------------------
+def hessian(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], focus: str | None,
+            previous: str | None = None) -> View | None:
+    """Top-k eigenvalues (with 2/η), trace ± stderr for the selected runs; the spectrogram of the focus run."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view(3)
+    fingerprint = _fp(catalog, refs, ["hessian"], tokens, "hessian", focus)
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not catalog.has(r, "hessian", tokens)]
+    notice = missing_notice("hessian", missing, len(refs))
+    palette = colors(catalog, tokens)
+    frame = catalog.scalars(refs, ["hessian"], tokens)
+    lrs = {r.key: catalog.lr(r, tokens) for r in refs}
+    eig = figures.hessian_eigenvalues_figure(frame, lr=lrs, colors=palette)
+    trace = figures.hessian_trace_figure(frame, colors=palette)
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None or not catalog.has(ref, "hessian", tokens):
+        ref = next((r for r in refs if catalog.has(r, "hessian", tokens)), None)
+    if ref is not None:
+        densities = {s: catalog.arrays(ref, "hessian", s, tokens, keys=["density_grid", "density_curve"])
+                     for s in catalog.steps(ref, "hessian", tokens)}
+        spectrogram = figures.spectrogram_figure(densities, run=ref.key)
+    else:
+        spectrogram = figures.empty_figure("No spectral densities recorded.")
+    figs = [_graph_uirevision(eig, "hessian-eig"), _graph_uirevision(trace, "hessian-trace"),
+            _graph_uirevision(spectrogram, f"spectrogram-{ref.key if ref else ''}")]
+    return View(figs, notice, len(missing) < len(refs), fingerprint)
+
+
+def density(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: int | None,
+            previous: str | None = None) -> View | None:
+    """The spectral density of every selected run at its checkpoint nearest ``step``, overlaid."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view()
+    nearest_steps = {ref: catalog.nearest_step(ref, "hessian", step, tokens) for ref in refs}
+    fingerprint = _fp(catalog, refs, ["hessian"], tokens, "density", tuple(nearest_steps.values()))
+    if fingerprint == previous:
+        return None
+    found, palette = {}, colors(catalog, tokens)
+    for ref, nearest in nearest_steps.items():
+        if nearest is None:
+            continue
+        arrays = catalog.arrays(ref, "hessian", nearest, tokens, keys=["density_grid", "density_curve"])
+        if arrays:
+            name = f"{ref.key} @ {nearest:,}"
+            found[name] = arrays
+            palette[name] = palette[ref.key]
+    fig = figures.spectral_density_figure(found, colors=palette, title="Spectral density at the checkpoint")
+    return View([_graph_uirevision(fig, "density")], None, bool(found), fingerprint)
+
+
+# -- sharpness, collapse, grokking -----------------------------------------------------------------
+def sharpness(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
+    """Sharpness measures over steps of the selected runs."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view()
+    fingerprint = _fp(catalog, refs, ["sharpness"], tokens, "sharpness")
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not catalog.has(r, "sharpness", tokens)]
+    frame = catalog.scalars(refs, ["sharpness"], tokens)
+    fig = figures.sharpness_figure(frame, colors=colors(catalog, tokens))
+    return View([_graph_uirevision(fig, "sharpness")], missing_notice("sharpness", missing, len(refs)),
+                len(missing) < len(refs), fingerprint)
+
+
+def collapse(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
+    """Neural-collapse measures NC1–NC4 over steps of the selected runs."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view()
+    fingerprint = _fp(catalog, refs, ["collapse"], tokens, "collapse")
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not catalog.has(r, "collapse", tokens)]
+    frame = catalog.scalars(refs, ["collapse"], tokens)
+    fig = figures.collapse_figure(frame, colors=colors(catalog, tokens))
+    return View([_graph_uirevision(fig, "collapse")], missing_notice("collapse", missing, len(refs)),
+                len(missing) < len(refs), fingerprint)
+
+
+def cosine(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: int | None,
+           previous: str | None = None) -> View | None:
+    """The class-mean (and classifier) cosine matrices of the focus run at the checkpoint nearest ``step``."""
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None:
+        return _no_runs_view()
+    shown = catalog.nearest_step(ref, "collapse", step, tokens)
+    if shown is None:
+        return View([figures.empty_figure("No collapse results in this run yet.")], None, False, "cosine-none")
+    fingerprint = _fp(catalog, [ref], ["collapse"], tokens, "cosine", shown)
+    if fingerprint == previous:
+        return None
+    arrays = catalog.arrays(ref, "collapse", shown, tokens, keys=["cosine_means", "cosine_weights"])
+    fig = figures.cosine_matrix_figure(arrays)
+    n = np.asarray(arrays.get("cosine_means", np.zeros((0, 0)))).shape[0]
+    etf = f"; simplex-ETF target −1/(C−1) = {-1.0 / (n - 1):.3f}" if n > 1 else ""
+    fig.update_layout(title=f"{ref.key} — pairwise cosines at step {shown:,}{etf}")
+    return View([_graph_uirevision(fig, f"cosine-{ref.key}")], None, bool(arrays), fingerprint)
+
+
+def grokking(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
+    """Grokking diagnostics of the selected runs (grokking probe and/or training monitor)."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view()
+    probes = TAB_PROBES["grokking"]
+    fingerprint = _fp(catalog, refs, probes, tokens, "grokking")
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not (catalog.has(r, "grokking", tokens) or catalog.has(r, MONITOR, tokens))]
+    notice = missing_notice("grokking", missing, len(refs),
+                            hint="run `landscape analyze --probes grokking`, or train with the Monitor callback")
+    frame = catalog.scalars(refs, probes, tokens)
+    fig = figures.grokking_figure(frame, colors=colors(catalog, tokens))
+    return View([_graph_uirevision(fig, "grokking")], notice, len(missing) < len(refs), fingerprint)
+
+
+# -- CSV export -------------------------------------------------------------------------------------
+def tab_csv(catalog: Catalog, tokens: Tokens | None, tab: str, keys: Sequence[str], focus: str | None = None,
+            step: int | None = None, metric: str = "loss", plane: str = "random") -> tuple[pd.DataFrame, str]:
+    """The data behind a tab as one table, and a file name: the tab's scalars (long form: run, step, probe,
+    key, value), or for the landscape tab the grid of the surface shown (run, step, plane, x, y, metrics)."""
+    if tab not in TABS:
+        raise ValueError(f"tab must be one of {', '.join(TABS)}, got {tab!r}.")
+    if tab == "landscape":
+        ref = catalog.ref(focus, tokens) if focus else None
+        shown = catalog.nearest_step(ref, "slices", step, tokens) if ref is not None else None
+        if ref is None or shown is None:
+            return pd.DataFrame(columns=["run", "step", "plane", "x", "y"]), "landscape.csv"
+        prefix = ""
+        if plane == "pca":
+            last = catalog.steps(ref, "slices", tokens)[-1]
+            if "pca_x" in catalog.arrays(ref, "slices", last, tokens, keys=["pca_x"]):
+                shown, prefix = last, "pca_"
+        arrays = catalog.arrays(ref, "slices", shown, tokens)
+        x, y = np.asarray(arrays[f"{prefix}x"]), np.asarray(arrays[f"{prefix}y"])
+        xx, yy = np.meshgrid(x, y)
+        table = {"run": ref.key, "step": shown, "plane": "pca" if prefix else "random",
+                 "x": xx.ravel(), "y": yy.ravel()}
+        for key in _SURFACE_KEYS:
+            if f"{prefix}{key}" in arrays:
+                table[key] = np.asarray(arrays[f"{prefix}{key}"], dtype=float).ravel()
+        return pd.DataFrame(table), f"landscape_{_safe(ref.key)}_step{shown}.csv"
+    frame = catalog.scalars(catalog.refs(keys, tokens), TAB_PROBES[tab], tokens)
+    return frame[["run", "step", "probe", "key", "value", "valid"]], f"{tab}.csv"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
