@@ -86,9 +86,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             batch_size=config.batch_size, seed=config.seed, lr=config.lr, recompute=args.recompute,
             unsafe=config.unsafe_pickle, progress=not args.quiet,
         )
+    return _report(report, started, config.store)
+
+
+def _report(report: object, started: float, store: Path) -> int:
+    """Print the run's summary and its errors; the exit status."""
     elapsed = time.perf_counter() - started
     print(f"done in {elapsed:.1f} s: {report.computed} computed, {report.skipped} already stored, "
-          f"{report.invalid} invalid, {len(report.errors)} error(s); store: {config.store}", file=sys.stderr)
+          f"{report.invalid} invalid, {len(report.errors)} error(s); store: {store}", file=sys.stderr)
     if report.errors:
         print("errors:", file=sys.stderr)
         for message in report.errors:
@@ -163,39 +168,44 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from torch import nn
+
     import probes
     from landscape import demo
+    from landscape.callbacks import Monitor
     from landscape.checkpoints import find_checkpoints
     from landscape.runner import run_probes
     from landscape.store import Store
 
+    started = time.perf_counter()
     out = Path(args.out)
     checkpoint_dir = out / "checkpoints"
     store_path = out / "demo.sqlite"
     lr = 0.05
+    data = demo.make_data()
     if not find_checkpoints_or_none(checkpoint_dir):
         print(f"training a {args.steps}-step MLP on scikit-learn's digits; checkpoints in {checkpoint_dir}",
               file=sys.stderr)
-        demo.train(checkpoint_dir, steps=args.steps, n_checkpoints=args.checkpoints, lr=lr)
+        out.mkdir(parents=True, exist_ok=True)
+        # Training curves every 5 steps go into the same store as the checkpoint probes.
+        with Monitor(store_path, "digits-mlp", every=5, data=data["train"], test_data=data["test"],
+                     loss_fn=nn.CrossEntropyLoss(), meta={"lr": lr}) as monitor:
+            demo.train(checkpoint_dir, steps=args.steps, n_checkpoints=args.checkpoints, lr=lr, monitor=monitor)
     else:
         print(f"reusing the checkpoints in {checkpoint_dir}", file=sys.stderr)
     names = probes.available()
     params = {name: dict(demo.DEMO_PROBE_PARAMS.get(name, {})) for name in names}
     config = demo.write_config(out, store_path, checkpoint_dir, lr, params)
-    data = demo.make_data()
     with Store(store_path) as store:
         report = run_probes(
-            model_factory=demo.make_model, loss_fn=__import__("torch").nn.CrossEntropyLoss(), train=data["train"],
+            model_factory=demo.make_model, loss_fn=nn.CrossEntropyLoss(), train=data["train"],
             test=data["test"], checkpoints=find_checkpoints(checkpoint_dir), probes=params, store=store,
             run="digits-mlp", device=args.device, lr=lr, progress=not args.quiet,
         )
-    print(f"\nstore: {store_path}\nconfig: {config} (re-run with `landscape analyze --config {config}`)\n"
-          f"{report.computed} result(s) computed, {report.skipped} reused, {len(report.errors)} error(s).",
-          file=sys.stderr)
-    for message in report.errors:
-        print(f"  - {message}", file=sys.stderr)
-    if report.errors:
-        return EXIT_FAILED
+    print(f"config: {config} (re-run with `landscape analyze --config {config}`)", file=sys.stderr)
+    status = _report(report, started, store_path)
+    if status != EXIT_OK:
+        return status
     if args.no_serve:
         print(f"view it with: landscape dashboard {store_path}", file=sys.stderr)
         return EXIT_OK
