@@ -127,13 +127,13 @@ class Callbacks:
         return self._emit(views.overview(self.catalog, tokens, selected or [], previous))
 
     def landscape(self, tab: str, selected: list[str], focus: str | None, index: int | None, steps: list[int],
-                  metric: str, plane: str, tokens: list, previous: str | None) -> tuple[Any, ...]:
-        """The surface (focus run) and the 1-D slices (selected runs) at the selected checkpoint."""
+                  metric: str, plane: str, line_kind: str, tokens: list, previous: str | None) -> tuple[Any, ...]:
+        """The surface (focus run) and the 1-D lines (selected runs) at the selected checkpoint."""
         self._active(tab, "landscape")
         step = step_at(index, steps)
         before = (previous or "").split(_JOIN, 1) if previous and _JOIN in previous else [None, None]
         surface = views.surface(self.catalog, tokens, focus, step, metric or "loss", plane or "random", before[0])
-        line = views.slices_1d(self.catalog, tokens, selected or [], step, before[1])
+        line = views.slices_1d(self.catalog, tokens, selected or [], step, before[1], line_kind or "slice")
         if surface is None and line is None:
             raise PreventUpdate
         refs = self.catalog.refs(selected, tokens)
@@ -223,7 +223,7 @@ def register(app: dash.Dash, cb: Callbacks) -> None:
                  tab, runs, tokens, fingerprint("overview-fingerprint"))(cb.overview)
     app.callback(*_view_outputs("landscape", TAB_GRAPHS["landscape"], "landscape-fingerprint"),
                  tab, runs, focus, index, steps, Input("surface-metric", "value"), Input("surface-plane", "value"),
-                 tokens, fingerprint("landscape-fingerprint"))(cb.landscape)
+                 Input("slice-line", "value"), tokens, fingerprint("landscape-fingerprint"))(cb.landscape)
     app.callback(*_view_outputs("hessian", ["hessian-eigenvalues", "hessian-trace", "hessian-spectrogram"],
                                 "hessian-fingerprint"),
                  tab, runs, focus, tokens, fingerprint("hessian-fingerprint"))(cb.hessian)

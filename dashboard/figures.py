@@ -401,6 +401,18 @@ def slice_curves(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {}
 
 
+def interpolation_curves(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The interpolation of a ``slices`` result (from the run's first checkpoint at x = 0 to this one at x = 1)
+    as ``{x, loss, accuracy, test_loss, test_accuracy}``; empty when the result holds none."""
+    if "interp_x" not in arrays or "interp_loss" not in arrays:
+        return {}
+    curves = {"x": arrays["interp_x"]}
+    for key in ("loss", "accuracy", "test_loss", "test_accuracy"):
+        if f"interp_{key}" in arrays:
+            curves[key] = arrays[f"interp_{key}"]
+    return {k: np.asarray(v, dtype=float) for k, v in curves.items()}
+
+
 def slice_figure(curves: Mapping[str, Mapping[str, np.ndarray]], *, colors: Mapping[str, str] | None = None,
                  x_title: str = "distance along the direction (α)", title: str | None = "1-D slice",
                  height: int = 420) -> go.Figure:

@@ -28,8 +28,9 @@ _EXTRA_VIEWS = {"hessian": ("hessian-density",), "collapse": ("collapse-cosine",
 _TAB_HELP = {
     "overview": "Loss and accuracy over training steps, from the training monitor and the metrics probe.",
     "landscape": "The loss surface around the selected checkpoint (along the slice directions d₁, d₂, random and "
-                 "filter-normalized by default) or in the PCA plane of the training trajectory, and 1-D slices "
-                 "of every selected run.",
+                 "filter-normalized by default) or in the PCA plane of the training trajectory, and for every "
+                 "selected run the 1-D slice through the checkpoint or the interpolation from its first "
+                 "checkpoint.",
     "hessian": "Top Hessian eigenvalues against the 2/η edge of stability, the trace, and the spectral density "
                "(at the selected checkpoint, and over training for the focus run).",
     "sharpness": "Worst-case, average-case and first-order sharpness measures over training.",
@@ -96,6 +97,13 @@ def _tab(tab: str) -> dcc.Tab:
                 dcc.RadioItems(id="surface-plane", value="random", inline=True, className="radio", options=[
                     {"label": "directions d₁, d₂ at the checkpoint", "value": "random"},
                     {"label": "PCA of the trajectory", "value": "pca"},
+                ]),
+            ]),
+            html.Div(className="control", children=[
+                html.Label("Line", htmlFor="slice-line"),
+                dcc.RadioItems(id="slice-line", value="slice", inline=True, className="radio", options=[
+                    {"label": "slice along d₁", "value": "slice"},
+                    {"label": "interpolation from the first checkpoint", "value": "interpolation"},
                 ]),
             ]),
         ])]

@@ -27,6 +27,8 @@ TAB_PROBES = {"overview": ("metrics", MONITOR), "landscape": ("slices",), "hessi
 _SURFACE_KEYS = ("loss", "accuracy", "test_loss", "test_accuracy")
 _SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_test_accuracy",
                "x", "y", "loss", "accuracy", "test_loss", "test_accuracy"]
+_INTERP_KEYS = ["interp_x", "interp_loss", "interp_accuracy", "interp_test_loss", "interp_test_accuracy",
+                "interp_from_step"]
 _PATH_KEYS = ["path_x", "path_y", "path_steps", "explained_variance"]
 
 
@@ -136,26 +138,42 @@ def surface(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: in
 
 
 def slices_1d(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: int | None,
-              previous: str | None = None) -> View | None:
-    """The 1-D slice of every selected run at its checkpoint nearest ``step``, overlaid."""
+              previous: str | None = None, line: str = "slice") -> View | None:
+    """The 1-D line of every selected run at its checkpoint nearest ``step``, overlaid: the slice along d₁
+    through the checkpoint (``line="slice"``) or the interpolation from the run's first checkpoint
+    (``line="interpolation"``)."""
     refs = catalog.refs(keys, tokens)
     if not refs:
         return _no_runs_view()
     nearest_steps = {ref: catalog.nearest_step(ref, "slices", step, tokens) for ref in refs}
-    fingerprint = _fp(catalog, refs, ["slices"], tokens, "slice", tuple(nearest_steps.values()))
+    fingerprint = _fp(catalog, refs, ["slices"], tokens, line, tuple(nearest_steps.values()))
     if fingerprint == previous:
         return None
+    interpolation = line == "interpolation"
     curves, palette = {}, colors(catalog, tokens)
     for ref, nearest in nearest_steps.items():
         if nearest is None:
             continue
-        found = figures.slice_curves(catalog.arrays(ref, "slices", nearest, tokens, keys=_SLICE_KEYS))
-        if found:
+        if interpolation:
+            arrays = catalog.arrays(ref, "slices", nearest, tokens, keys=_INTERP_KEYS)
+            found = figures.interpolation_curves(arrays)
+            start = arrays.get("interp_from_step")
+            name = f"{ref.key} {int(start[0]):,} → {nearest:,}" if found and start is not None else ""
+        else:
+            found = figures.slice_curves(catalog.arrays(ref, "slices", nearest, tokens, keys=_SLICE_KEYS))
             name = f"{ref.key} @ {nearest:,}"
+        if found:
             curves[name] = found
             palette[name] = palette[ref.key]
-    fig = figures.slice_figure(curves, colors=palette, title="1-D slice through the checkpoint")
-    return View([_graph_uirevision(fig, "slice-1d")], None, bool(curves), fingerprint)
+    if interpolation:
+        fig = figures.slice_figure(curves, colors=palette, title="Interpolation from the first checkpoint (x = 0) "
+                                   "to the selected one (x = 1)", x_title="interpolation coefficient (x)")
+        if not curves:
+            fig = figures.empty_figure("No interpolation at this checkpoint: the slices probe stores one at every "
+                                       "checkpoint after a run's first.", title="Interpolation")
+    else:
+        fig = figures.slice_figure(curves, colors=palette, title="1-D slice through the checkpoint")
+    return View([_graph_uirevision(fig, f"slice-1d-{line}")], None, bool(curves), fingerprint)
 
 
 # -- hessian ----------------------------------------------------------------------------------------
@@ -284,7 +302,8 @@ def grokking(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previ
 def tab_csv(catalog: Catalog, tokens: Tokens | None, tab: str, keys: Sequence[str], focus: str | None = None,
             step: int | None = None, metric: str = "loss", plane: str = "random") -> tuple[pd.DataFrame, str]:
     """The data behind a tab as one table, and a file name: the tab's scalars (long form: run, step, probe,
-    key, value), or for the landscape tab the grid of the surface shown (run, step, plane, x, y, metrics)."""
+    key, value), or for the landscape tab the grid of the surface shown (run, step, plane, x, y, metrics), followed
+    by the interpolation from the first checkpoint when the surface is the checkpoint's own plane."""
     if tab not in TABS:
         raise ValueError(f"tab must be one of {', '.join(TABS)}, got {tab!r}.")
     if tab == "landscape":
@@ -305,7 +324,13 @@ def tab_csv(catalog: Catalog, tokens: Tokens | None, tab: str, keys: Sequence[st
         for key in _SURFACE_KEYS:
             if f"{prefix}{key}" in arrays:
                 table[key] = np.asarray(arrays[f"{prefix}{key}"], dtype=float).ravel()
-        return pd.DataFrame(table), f"landscape_{_safe(ref.key)}_step{shown}.csv"
+        frame = pd.DataFrame(table)
+        line = figures.interpolation_curves(arrays) if not prefix else {}
+        if line:  # the interpolation from the first checkpoint: plane "interpolation", x the coefficient
+            rows = {"run": ref.key, "step": shown, "plane": "interpolation", "x": line["x"], "y": np.nan,
+                    **{k: v for k, v in line.items() if k in _SURFACE_KEYS}}
+            frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+        return frame, f"landscape_{_safe(ref.key)}_step{shown}.csv"
     frame = catalog.scalars(catalog.refs(keys, tokens), TAB_PROBES[tab], tokens)
     return frame[["run", "step", "probe", "key", "value", "valid"]], f"{tab}.csv"
 

@@ -1101,13 +1101,35 @@ def hessian_directions(model: nn.Module, loss_fn: LossFn, data: object, n: int =
 
 
 # ------------------------------------------------------------------------------------------------- probe
+def _interpolation_grid(params: Mapping[str, Any]) -> tuple[int, float]:
+    """``interpolation_steps`` and ``interpolation_extend``, checked to put grid points on both checkpoints."""
+    steps = _check_steps(params["interpolation_steps"], "interpolation_steps")
+    extend = float(params["interpolation_extend"])
+    spacing = (1.0 + 2.0 * extend) / (steps - 1)
+    if not math.isfinite(extend) or extend < 0 or abs(extend / spacing - round(extend / spacing)) > 1e-9:
+        raise ValueError(f"interpolation_steps={steps} with interpolation_extend={extend} puts no grid point "
+                         "on the two checkpoints (x = 0 and x = 1); choose them so that extend / spacing is "
+                         "a whole number, e.g. 25 steps with extend 0.25.")
+    return steps, extend
+
+
+def _barrier(x: np.ndarray, loss: np.ndarray) -> float:
+    """How far the loss rises between the two ends of an interpolation (0 ≤ x ≤ 1) above the higher end:
+    max over the segment of loss(x) − max(loss(0), loss(1)), at least 0 (the loss barrier of linear mode
+    connectivity; 0 when the path never climbs above its ends)."""
+    inside = (x >= 0.0) & (x <= 1.0)
+    ends = [loss[np.argmin(np.abs(x - end))] for end in (0.0, 1.0)]
+    return float(max(0.0, np.max(loss[inside]) - max(ends)))
+
+
 def _probe_span(span: object) -> tuple[float, float, float, float]:
     return _check_span(list(span) if isinstance(span, (list, tuple)) else span, 2)  # type: ignore[return-value]
 
 
 class SlicesProbe:
     """2-D loss surface around each checkpoint (random filter-normalized or Hessian axes), its 1-D line
-    along the first axis, and at the last checkpoint the PCA plane of the whole training path.
+    along the first axis, the interpolation from the first checkpoint to this one (``interp_*``, with the
+    scalar ``interp_barrier``), and at the last checkpoint the PCA plane of the whole training path.
 
     Directions are drawn with the same seed at every checkpoint and normalized to that checkpoint's
     weights. ``directions="hessian"`` uses the top-2 Hessian eigenvectors instead: unit vectors (so the
@@ -1130,6 +1152,9 @@ class SlicesProbe:
         "trajectory": True,
         "trajectory_steps": 21,
         "trajectory_margin": 0.2,
+        "interpolation": True,
+        "interpolation_steps": 25,
+        "interpolation_extend": 0.25,
     }
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
@@ -1139,6 +1164,8 @@ class SlicesProbe:
             raise ValueError(f"norm must be one of 'filter', 'layer', 'model' or None, got {params['norm']!r}.")
         steps = _check_steps_2d(tuple(params["steps"]) if isinstance(params["steps"], list) else params["steps"])
         span = _probe_span(params["span"])
+        if params["interpolation"]:
+            _interpolation_grid(params)
         model = ctx.model
         if not all(bool(torch.isfinite(p).all()) for p in trainable_parameters(model).values()):
             return Result.invalid(f"the weights hold NaN or infinite values at step {ctx.step}.", dict(params))
@@ -1179,10 +1206,32 @@ class SlicesProbe:
                    "loss_min": float(finite.min()) if finite.size else float("nan"),
                    "loss_max": float(finite.max()) if finite.size else float("nan")}
         checkpoints = sorted(ctx.checkpoints)
+        if (params["interpolation"] and checkpoints and ctx.load_state is not None
+                and ctx.step != checkpoints[0].step):
+            interp = self._interpolation(ctx, checkpoints[0], params)
+            arrays.update(interp)
+            scalars["interp_barrier"] = _barrier(interp["interp_x"], interp["interp_loss"])
         if (params["trajectory"] and len(checkpoints) >= 3 and ctx.load_state is not None
                 and ctx.step == checkpoints[-1].step):
             arrays.update(self._trajectory(ctx, checkpoints, params))
         return Result(scalars=scalars, arrays=arrays, params=dict(params))
+
+    @staticmethod
+    def _interpolation(ctx: ProbeContext, first: Checkpoint, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The straight line from the first checkpoint (x = 0) to this one (x = 1), extended on both sides."""
+        load = ctx.load_state
+        assert load is not None
+        steps, extend = _interpolation_grid(params)
+        line = interpolate(lambda: load(first), ctx.model, ctx.loss_fn, ctx.train, model=ctx.model,
+                           steps=steps, extend=(extend, extend), test_data=ctx.test,
+                           progress=ctx.progress)
+        out = {"interp_x": line.x, "interp_loss": line.loss,
+               "interp_from_step": np.array([first.step], dtype=np.int64)}
+        for key in ("accuracy", "test_loss", "test_accuracy"):
+            value = getattr(line, key)
+            if value is not None:
+                out[f"interp_{key}"] = value
+        return out
 
     @staticmethod
     def _trajectory(ctx: ProbeContext, checkpoints: list[Checkpoint], params: Mapping[str, Any]) -> dict[str, np.ndarray]:

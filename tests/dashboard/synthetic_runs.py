@@ -80,6 +80,14 @@ def _slices(t: float, r: int, grid: int, last: bool, steps: Sequence[int]) -> Re
         "line_accuracy": np.clip(m["train_accuracy"] - 0.3 * (line_loss - line_loss.min()), 0, 1),
     }
     scalars = {"loss_center": float(m["train_loss"]), "loss_min": float(loss.min()), "loss_max": float(loss.max())}
+    if t > 0:  # the interpolation from the first checkpoint (x = 0) to this one (x = 1)
+        ix = np.linspace(-0.25, 1.25, 25)
+        start = _metrics(0.0, r)["train_loss"]
+        interp_loss = start + (m["train_loss"] - start) * ix + 0.3 * (1 + r) * ix * (1 - ix)
+        arrays.update(interp_x=ix, interp_loss=interp_loss, interp_test_loss=interp_loss + 0.1,
+                      interp_accuracy=np.clip(0.1 + 0.8 * ix, 0, 1), interp_from_step=np.array([steps[0]]))
+        scalars["interp_barrier"] = float(max(0.0, interp_loss[(ix >= 0) & (ix <= 1)].max()
+                                              - max(interp_loss[5], interp_loss[21])))
     if last and len(steps) >= 3:
         n = len(steps)
         angle = np.linspace(0, 3 * np.pi, n)

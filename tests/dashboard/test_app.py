@@ -147,9 +147,9 @@ def test_hessian_line_at_two_over_lr_comes_from_run_metadata(app):
 def test_slider_picks_the_surface_of_that_checkpoint(app):
     tokens, steps, last = first_view(app, "landscape")
     surface_last, slice_last, *_ = app.callbacks.landscape("landscape", RUNS, "sgd", last, steps, "loss", "random",
-                                                           tokens, None)
+                                                           "slice", tokens, None)
     surface_first, slice_first, *_ = app.callbacks.landscape("landscape", RUNS, "sgd", 0, steps, "loss", "random",
-                                                             tokens, None)
+                                                             "slice", tokens, None)
     ref = app.catalog.ref("sgd")
     expected = app.catalog.stores[0].arrays("sgd", steps[0], "slices")["loss"]
     np.testing.assert_array_equal(surface_first.data[0].z, expected)
@@ -159,9 +159,27 @@ def test_slider_picks_the_surface_of_that_checkpoint(app):
     assert app.catalog.nearest_step(ref, "slices", 149) == 100
 
 
+def test_line_switches_to_the_interpolation_from_the_first_checkpoint(app):
+    tokens, steps, last = first_view(app, "landscape")
+    _, line, *_ = app.callbacks.landscape("landscape", RUNS, "sgd", last, steps, "loss", "random", "interpolation",
+                                          tokens, None)
+    final = steps[last]
+    names = [t.name for t in line.data]
+    assert f"sgd 0 → {final:,} · train loss" in names and f"adam 0 → {final:,} · test loss" in names
+    stored = app.catalog.stores[0].arrays("sgd", final, "slices")
+    trace = next(t for t in line.data if t.name == f"sgd 0 → {final:,} · train loss")
+    np.testing.assert_array_equal(trace.x, stored["interp_x"])
+    np.testing.assert_array_equal(trace.y, stored["interp_loss"])
+    assert line.layout.xaxis.title.text == "interpolation coefficient (x)"
+    # The first checkpoint has no interpolation: the figure says so.
+    _, first, *_ = app.callbacks.landscape("landscape", RUNS, "sgd", 0, steps, "loss", "random", "interpolation",
+                                           tokens, None)
+    assert not first.data and "No interpolation at this checkpoint" in first.layout.annotations[0].text
+
+
 def test_pca_plane_shows_the_trajectory_and_falls_back_when_missing(app, fresh_store):
     tokens, steps, last = first_view(app, "landscape")
-    surface, _, notice, *_ = app.callbacks.landscape("landscape", RUNS, "sgd", 1, steps, "loss", "pca", tokens, None)
+    surface, _, notice, *_ = app.callbacks.landscape("landscape", RUNS, "sgd", 1, steps, "loss", "pca", "slice", tokens, None)
     assert [t.name for t in surface.data].count("trajectory") == 2
     assert "step 100" in [t.name for t in surface.data]  # the selected checkpoint is starred
     assert notice == []
@@ -171,7 +189,7 @@ def test_pca_plane_shows_the_trajectory_and_falls_back_when_missing(app, fresh_s
     try:
         tokens = other.catalog.tokens()
         surface, _, notice, *_ = other.callbacks.landscape("landscape", ["short"], "short", 1, [0, 100], "loss", "pca",
-                                                           tokens, None)
+                                                           "slice", tokens, None)
         assert "No PCA plane in this run yet" in "".join(str(n) for n in notice)
         assert surface.data[0].type == "surface"
     finally:
@@ -205,7 +223,7 @@ def test_a_probe_missing_from_the_store_is_explained(tmp_path):
             out = getattr(app.callbacks, tab)(tab, ["only"], tokens, None)
             assert f"No {tab} results in this run yet" in "".join(str(n) for n in out[1])
         _, _, notice, *_ = app.callbacks.landscape("landscape", ["only"], "only", 0, [0, 100, 200], "loss", "random",
-                                                   tokens, None)
+                                                   "slice", tokens, None)
         assert "No slices results in this run yet" in "".join(str(n) for n in notice)
     finally:
         app.catalog.close()
@@ -321,9 +339,15 @@ def test_each_tab_downloads_its_data_as_csv(app):
     payload = cb.download("landscape", 1, RUNS, "sgd", 1, steps, "loss", "random", tokens)
     grid = _csv(payload)
     assert payload["filename"] == "landscape_sgd_step100.csv"
-    assert len(grid) == 9 * 9 and {"x", "y", "loss", "accuracy", "test_loss", "test_accuracy"} <= set(grid.columns)
+    assert {"x", "y", "loss", "accuracy", "test_loss", "test_accuracy"} <= set(grid.columns)
     stored = app.catalog.stores[0].arrays("sgd", 100, "slices")
-    np.testing.assert_allclose(grid["loss"].to_numpy(), stored["loss"].ravel())
+    surface = grid[grid["plane"] == "random"]
+    assert len(surface) == 9 * 9
+    np.testing.assert_allclose(surface["loss"].to_numpy(), stored["loss"].ravel())
+    line = grid[grid["plane"] == "interpolation"]
+    np.testing.assert_allclose(line["x"].to_numpy(), stored["interp_x"])
+    np.testing.assert_allclose(line["loss"].to_numpy(), stored["interp_loss"])
+    assert line["y"].isna().all()
     pca = _csv(cb.download("landscape", 1, RUNS, "sgd", 1, steps, "loss", "pca", tokens))
     assert set(pca["plane"]) == {"pca"} and set(pca["step"]) == {400}
 

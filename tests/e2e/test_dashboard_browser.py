@@ -127,6 +127,21 @@ def test_checkpoint_slider_changes_the_surface(page):
     _no_errors(page)
 
 
+def test_line_switches_to_the_interpolation(page):
+    from selenium.webdriver.common.keys import Keys
+
+    _open_tab(page, "landscape")
+    _graphs_drawn(page, TAB_GRAPHS["landscape"])
+    page.find_element("css selector", "#checkpoint [role='slider']").send_keys(Keys.END)  # the first has none
+    names = "return document.querySelector('#landscape-slice .js-plotly-plot').data.map(function (t) { return t.name; });"
+    page.find_element("xpath", "//div[@id='slice-line']//label[contains(., 'interpolation')]").click()
+    _wait(page, lambda d: any("→" in n for n in d.execute_script(names)),
+          "the 1-D graph did not switch to the interpolation")
+    page.find_element("xpath", "//div[@id='slice-line']//label[contains(., 'slice along')]").click()
+    _wait(page, lambda d: all("@" in n for n in d.execute_script(names)), "the 1-D graph did not switch back")
+    _no_errors(page)
+
+
 def test_appended_result_appears_without_reload(page, browser_store, synthetic_runs):
     from landscape.store import Store
     from probes.base import Result

@@ -497,8 +497,9 @@ def test_probe_result_keys_and_values(tmp_path: Path) -> None:
         "x", "y", "loss", "accuracy", "test_loss", "test_accuracy", "line_x", "line_loss", "line_accuracy",
         "line_test_loss", "line_test_accuracy",
         "pca_x", "pca_y", "pca_loss", "pca_accuracy", "path_x", "path_y", "path_steps", "explained_variance",
+        "interp_x", "interp_loss", "interp_accuracy", "interp_test_loss", "interp_test_accuracy", "interp_from_step",
     }
-    assert set(result.scalars) == {"loss_center", "loss_min", "loss_max"}
+    assert set(result.scalars) == {"loss_center", "loss_min", "loss_max", "interp_barrier"}
     assert result.arrays["loss"].shape == (5, 5) and result.arrays["pca_loss"].shape == (3, 3)
     np.testing.assert_array_equal(result.arrays["line_loss"], result.arrays["loss"][2])
     np.testing.assert_array_equal(result.arrays["line_test_loss"], result.arrays["test_loss"][2])
@@ -506,12 +507,23 @@ def test_probe_result_keys_and_values(tmp_path: Path) -> None:
     assert result.scalars["loss_center"] == result.arrays["loss"][2, 2]
     np.testing.assert_allclose(result.scalars["loss_center"], evaluate(ctx.model, LOSS, ctx.train).loss, **EXACT)
     assert result.arrays["path_x"][-1] == 0.0 and result.arrays["path_y"][-1] == 0.0
+    # The interpolation runs from the first checkpoint (x = 0) to this one (x = 1), 0.25 beyond each end.
+    x, line = result.arrays["interp_x"], result.arrays["interp_loss"]
+    assert len(x) == 25 and x[0] == -0.25 and x[-1] == 1.25 and result.arrays["interp_from_step"][0] == 0
+    assert (x == 0.0).sum() == 1 and (x == 1.0).sum() == 1
+    np.testing.assert_allclose(line[x == 0.0], evaluate(mlp(0), LOSS, ctx.train).loss, **EXACT)
+    np.testing.assert_allclose(line[x == 1.0], result.scalars["loss_center"], **EXACT)
+    inside = (x >= 0) & (x <= 1)
+    assert result.scalars["interp_barrier"] == pytest.approx(max(0.0, line[inside].max() - max(line[x == 0.0][0],
+                                                                                              line[x == 1.0][0])))
     import json
 
     json.dumps(result.params)
     # Same seed at another checkpoint: same draws, normalized to that checkpoint's weights.
     earlier = probe.run(context(tmp_path, 1), **params)
-    assert "pca_loss" not in earlier.arrays and earlier.valid
+    assert "pca_loss" not in earlier.arrays and earlier.valid and "interp_loss" in earlier.arrays
+    first = probe.run(context(tmp_path, 0), **params)
+    assert "interp_loss" not in first.arrays and "interp_barrier" not in first.scalars
     direct_surface = slices.slice_2d(mlp(1), LOSS, vector_data(), steps=5, seed=0)
     np.testing.assert_allclose(earlier.arrays["loss"], direct_surface.loss, **EXACT)
 
@@ -625,3 +637,9 @@ def test_rows_saved_without_test_data_are_recomputed_with_it() -> None:
     with pytest.warns(RuntimeWarning, match="recomputed"):
         surface = slices.slice_2d(model, LOSS, data, steps=3, partial=store, test_data=test)
     assert surface.test_loss.shape == (3, 3)
+
+
+def test_probe_rejects_an_interpolation_grid_that_misses_the_checkpoints(tmp_path: Path) -> None:
+    params = {**slices.PROBE.defaults, "steps": 3, "trajectory": False, "interpolation_steps": 21}
+    with pytest.raises(ValueError, match="interpolation_steps=21 with interpolation_extend=0.25 puts no grid point"):
+        slices.PROBE.run(context(tmp_path, 1), **params)
