@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from dash.exceptions import PreventUpdate
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +34,7 @@ def _timed(label: str, fn, rows: list) -> object:
     start = time.perf_counter()
     try:
         value = fn()
-    except Exception as error:  # PreventUpdate for inactive tabs is part of the first view
+    except PreventUpdate as error:  # what inactive tabs answer: part of the first view
         value = error
     rows.append((label, time.perf_counter() - start))
     return value
@@ -80,7 +82,8 @@ def main() -> None:
     _timed("summary cards", lambda: cb.summary(runs, tokens), rows)
     overview = _timed("overview figure", lambda: cb.overview("overview", runs, tokens, None), rows)
     for name, call in [
-        ("landscape (inactive)", lambda: cb.landscape("overview", runs, focus, index, steps, "loss", "random", tokens, None)),
+        ("landscape (inactive)", lambda: cb.landscape("overview", runs, focus, index, steps, "loss", "random", "slice",
+                                                             tokens, None)),
         ("hessian (inactive)", lambda: cb.hessian("overview", runs, focus, tokens, None)),
         ("sharpness (inactive)", lambda: cb.sharpness("overview", runs, tokens, None)),
         ("collapse (inactive)", lambda: cb.collapse("overview", runs, tokens, None)),
@@ -95,11 +98,13 @@ def main() -> None:
 
     later: list[tuple[str, float]] = []
     _timed("landscape tab, first render", lambda: cb.landscape("landscape", runs, focus, index, steps, "loss",
-                                                               "random", tokens, None), later)
+                                                               "random", "slice", tokens, None), later)
     _timed("landscape, slider moved", lambda: cb.landscape("landscape", runs, focus, index - 1, steps, "loss",
-                                                           "random", tokens, None), later)
+                                                           "random", "slice", tokens, None), later)
     _timed("landscape, PCA plane", lambda: cb.landscape("landscape", runs, focus, index, steps, "loss", "pca",
-                                                        tokens, None), later)
+                                                        "slice", tokens, None), later)
+    _timed("landscape, interpolation", lambda: cb.landscape("landscape", runs, focus, index, steps, "loss",
+                                                            "random", "interpolation", tokens, None), later)
     _timed("hessian tab (incl. spectrogram)", lambda: cb.hessian("hessian", runs, focus, tokens, None), later)
     _timed("hessian density at step", lambda: cb.hessian_density("hessian", runs, index, steps, tokens, None), later)
     _timed("sharpness tab", lambda: cb.sharpness("sharpness", runs, tokens, None), later)

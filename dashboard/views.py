@@ -7,7 +7,7 @@ only when that fingerprint changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,21 +81,31 @@ def _graph_uirevision(fig: go.Figure, name: str) -> go.Figure:
 
 
 # -- overview ---------------------------------------------------------------------------------------
-def overview(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
-    """Loss and accuracy over steps of the selected runs (training monitor and/or the metrics probe)."""
+def _over_steps(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None, tab: str,
+                draw: Callable[..., go.Figure], *, present: Sequence[str], notice_probe: str,
+                hint: str | None = None) -> View | None:
+    """A tab that plots the stored scalars of ``TAB_PROBES[tab]`` over steps for the selected runs; a run
+    counts as missing when it has none of the ``present`` probes."""
     refs = catalog.refs(keys, tokens)
     if not refs:
         return _no_runs_view()
-    probes = TAB_PROBES["overview"]
-    fingerprint = _fp(catalog, refs, probes, tokens, "overview")
+    probes = TAB_PROBES[tab]
+    fingerprint = _fp(catalog, refs, probes, tokens, tab)
     if fingerprint == previous:
         return None
-    missing = [r.key for r in refs if not any(catalog.has(r, p, tokens) for p in probes)]
-    notice = missing_notice("metrics", missing, len(refs),
-                            hint="run `landscape analyze --probes metrics`, or train with the Monitor callback")
-    frame = catalog.scalars(refs, probes, tokens)
-    fig = figures.training_curves_figure(frame, colors=colors(catalog, tokens))
-    return View([_graph_uirevision(fig, "overview")], notice, len(missing) < len(refs), fingerprint)
+    missing = [r.key for r in refs if not any(catalog.has(r, p, tokens) for p in present)]
+    notice = missing_notice(notice_probe, missing, len(refs), hint=hint)
+    fig = draw(catalog.scalars(refs, probes, tokens), colors=colors(catalog, tokens))
+    return View([_graph_uirevision(fig, tab)], notice, len(missing) < len(refs), fingerprint)
+
+
+_MONITOR_HINT = "run `landscape analyze --probes {}`, or train with the Monitor callback"
+
+
+def overview(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
+    """Loss and accuracy over steps of the selected runs (training monitor and/or the metrics probe)."""
+    return _over_steps(catalog, tokens, keys, previous, "overview", figures.training_curves_figure,
+                       present=TAB_PROBES["overview"], notice_probe="metrics", hint=_MONITOR_HINT.format("metrics"))
 
 
 # -- landscape --------------------------------------------------------------------------------------
@@ -233,32 +243,14 @@ def density(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: 
 # -- sharpness, collapse, grokking -----------------------------------------------------------------
 def sharpness(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
     """Sharpness measures over steps of the selected runs."""
-    refs = catalog.refs(keys, tokens)
-    if not refs:
-        return _no_runs_view()
-    fingerprint = _fp(catalog, refs, ["sharpness"], tokens, "sharpness")
-    if fingerprint == previous:
-        return None
-    missing = [r.key for r in refs if not catalog.has(r, "sharpness", tokens)]
-    frame = catalog.scalars(refs, ["sharpness"], tokens)
-    fig = figures.sharpness_figure(frame, colors=colors(catalog, tokens))
-    return View([_graph_uirevision(fig, "sharpness")], missing_notice("sharpness", missing, len(refs)),
-                len(missing) < len(refs), fingerprint)
+    return _over_steps(catalog, tokens, keys, previous, "sharpness", figures.sharpness_figure,
+                       present=["sharpness"], notice_probe="sharpness")
 
 
 def collapse(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
     """Neural-collapse measures NC1–NC4 over steps of the selected runs."""
-    refs = catalog.refs(keys, tokens)
-    if not refs:
-        return _no_runs_view()
-    fingerprint = _fp(catalog, refs, ["collapse"], tokens, "collapse")
-    if fingerprint == previous:
-        return None
-    missing = [r.key for r in refs if not catalog.has(r, "collapse", tokens)]
-    frame = catalog.scalars(refs, ["collapse"], tokens)
-    fig = figures.collapse_figure(frame, colors=colors(catalog, tokens))
-    return View([_graph_uirevision(fig, "collapse")], missing_notice("collapse", missing, len(refs)),
-                len(missing) < len(refs), fingerprint)
+    return _over_steps(catalog, tokens, keys, previous, "collapse", figures.collapse_figure,
+                       present=["collapse"], notice_probe="collapse")
 
 
 def cosine(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: int | None,
@@ -283,19 +275,8 @@ def cosine(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: int
 
 def grokking(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
     """Grokking diagnostics of the selected runs (grokking probe and/or training monitor)."""
-    refs = catalog.refs(keys, tokens)
-    if not refs:
-        return _no_runs_view()
-    probes = TAB_PROBES["grokking"]
-    fingerprint = _fp(catalog, refs, probes, tokens, "grokking")
-    if fingerprint == previous:
-        return None
-    missing = [r.key for r in refs if not (catalog.has(r, "grokking", tokens) or catalog.has(r, MONITOR, tokens))]
-    notice = missing_notice("grokking", missing, len(refs),
-                            hint="run `landscape analyze --probes grokking`, or train with the Monitor callback")
-    frame = catalog.scalars(refs, probes, tokens)
-    fig = figures.grokking_figure(frame, colors=colors(catalog, tokens))
-    return View([_graph_uirevision(fig, "grokking")], notice, len(missing) < len(refs), fingerprint)
+    return _over_steps(catalog, tokens, keys, previous, "grokking", figures.grokking_figure,
+                       present=["grokking", MONITOR], notice_probe="grokking", hint=_MONITOR_HINT.format("grokking"))
 
 
 # -- CSV export -------------------------------------------------------------------------------------
