@@ -117,9 +117,18 @@ def run_probes(
     report = RunReport()
     model: nn.Module | None = None
     bar = _progress_bar(len(ordered) * len(selected), progress)
+    known = {step: digest for step, _, digest in store.checkpoints(run)}
     try:
         for checkpoint in ordered:
             todo = [n for n in selected if recompute or not store.has_result(run, checkpoint.step, n, hashes[n])]
+            digest = None
+            if len(todo) < len(selected) and known.get(checkpoint.step) is not None:
+                # Stored results are reused only while the checkpoint file is the one they were computed on.
+                digest = sha256(checkpoint.path)
+                if digest != known[checkpoint.step]:
+                    emit(f"note: {checkpoint.path} changed since its results were stored; recomputing step "
+                         f"{checkpoint.step}.")
+                    todo = list(selected)
             report.skipped += len(selected) - len(todo)
             if not todo:
                 bar.update(len(selected))
@@ -140,7 +149,7 @@ def run_probes(
                 emit(f"error: {message}")
                 bar.update(len(selected))
                 continue
-            store.add_checkpoint(run, checkpoint.step, checkpoint.path, sha256(checkpoint.path))
+            store.add_checkpoint(run, checkpoint.step, checkpoint.path, digest or sha256(checkpoint.path))
             step_lr = _learning_rate(lr, checkpoint, unsafe)
             if step_lr is not None and lr is None:
                 store.add_run(run, {"lr": step_lr})

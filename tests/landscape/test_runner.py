@@ -63,9 +63,10 @@ def recorder(monkeypatch):
 
 def _run(store, ckpts, probe_params, **kwargs):
     x, y = _data()
+    kwargs.setdefault("log", lambda _: None)
     return run_probes(model_factory=_model, loss_fn=nn.CrossEntropyLoss(), train=(x, y), test=(x[:10], y[:10]),
                       checkpoints=ckpts, probes=probe_params, store=store, run="r", device="cpu",
-                      progress=False, log=lambda _: None, **kwargs)
+                      progress=False, **kwargs)
 
 
 def test_every_probe_at_every_checkpoint_then_skipped(tmp_path, ckpts, recorder):
@@ -81,6 +82,23 @@ def test_every_probe_at_every_checkpoint_then_skipped(tmp_path, ckpts, recorder)
     assert again.computed == 0 and again.skipped == 6 and len(recorder.seen) == 3
     forced = _run(store, ckpts, {"recorder": {}}, recompute=True)
     assert forced.computed == 3 and len(store.results()) == 6
+
+
+def test_a_checkpoint_rewritten_since_is_recomputed_not_reused(tmp_path, ckpts, recorder):
+    store = Store(tmp_path / "s.sqlite")
+    _run(store, ckpts, {"recorder": {}})
+    before = store.scalars(probe="recorder").set_index("step")["value"]
+    state = torch.load(ckpts[1].path, weights_only=True)
+    state["state_dict"]["0.weight"] += 1.0
+    torch.save(state, ckpts[1].path)
+    messages = []
+    again = _run(store, ckpts, {"recorder": {}}, log=messages.append)
+    assert again.computed == 1 and again.skipped == 2
+    assert any("changed since its results were stored" in m and "step 10" in m for m in messages)
+    after = store.scalars(probe="recorder").set_index("step")["value"]
+    assert after[0] == before[0] and after[20] == before[20]
+    assert after[10] == pytest.approx(before[10] + state["state_dict"]["0.weight"].numel(), rel=1e-6)
+    assert len(store.results()) == 3
 
 
 def test_probe_mutations_do_not_leak_between_probes(tmp_path, ckpts, recorder):
