@@ -144,9 +144,12 @@ def _serve(stores: Sequence[str], host: str, port: int, debug: bool) -> int:
         from dashboard import serve
     except ImportError as error:
         raise CommandError(f"the dashboard cannot start: {error}.") from None
+    from landscape.store import Store
+
     for path in stores:
         if not Path(path).is_file():
             raise CommandError(f"store {path} does not exist.")
+        Store(path, readonly=True).close()  # a file that is no store fails here, with its name, not in the page
     print(f"dashboard on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
     serve(list(stores), host=host, port=port, debug=debug)
     return EXIT_OK

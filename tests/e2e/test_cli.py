@@ -175,3 +175,12 @@ def test_probes_listing_and_version(project):
     listing = _landscape("probes", cwd=project)
     assert listing.returncode == 0 and "metrics:" in listing.stdout
     assert _landscape("--version", cwd=project).stdout.startswith("landscape ")
+
+
+def test_dashboard_refuses_a_missing_store_or_a_file_that_is_no_store(tmp_path):
+    missing = _landscape("dashboard", "nowhere.sqlite", cwd=tmp_path)
+    assert missing.returncode == 2 and "store nowhere.sqlite does not exist" in missing.stderr
+    (tmp_path / "notes.sqlite").write_text("not a database")
+    garbage = _landscape("dashboard", "notes.sqlite", cwd=tmp_path)
+    assert garbage.returncode == 2 and "notes.sqlite is not a landscape store" in garbage.stderr
+    assert "dashboard on" not in garbage.stderr
