@@ -77,21 +77,30 @@ class Cadence:
         self.schedule = schedule
         self.ratio = 10.0 ** (1.0 / points_per_decade)
         self._next: int | None = None
+        self._last: int | None = None  # the step it last ran at
+
+    def _start(self, step: int) -> None:
+        # linear: the first multiple at or after the first step seen, so a later call past it still runs
+        if self._next is None and self.schedule == "linear":
+            self._next = -(-step // self.every) * self.every
 
     def due(self, step: int) -> bool:
         """True if the thing should run at ``step`` (does not advance the cadence)."""
+        self._start(step)
         if self._next is None:
-            return self.schedule == "log" or step % self.every == 0
+            return True  # log: the first call
         return step >= self._next
 
     def first_due(self, step: int) -> int:
         """The first step ``≥ step`` at which :meth:`due` holds (if nothing runs in between)."""
+        self._start(step)
         if self._next is None:
-            return step if self.schedule == "log" else -(-step // self.every) * self.every
+            return step
         return max(self._next, step)
 
     def mark(self, step: int) -> None:
         """Record that it ran at ``step``."""
+        self._last = step
         if self.schedule == "linear":
             self._next = (step // self.every + 1) * self.every
         else:
@@ -351,7 +360,8 @@ class Monitor:
         *,
         force: bool = False,
     ) -> dict[str, float] | None:
-        """Record what is due at ``step`` (everything if ``force``); returns the monitor scalars written, if any.
+        """Record what is due at ``step`` (with ``force``, everything not yet recorded at this very step);
+        returns the monitor scalars written, if any.
 
         Call it after the optimizer step of iteration ``step``. ``loss``, ``outputs`` and ``targets`` are
         the ones the training step just computed (optional; they save a forward pass).
@@ -361,8 +371,10 @@ class Monitor:
         step = int(step)
         if not force and step < self._wake:  # the common case: nothing due, return at once
             return None
-        cheap = force or self.cadence.due(step)
-        due = [s for s in self._specs if force or s.cadence.due(step)]
+        # force skips what already ran at this step (e.g. a train-end call after the last batch's): a re-run
+        # would replace those records, without the previous-step trajectory quantities and the batch loss
+        cheap = self.cadence.due(step) or (force and self.cadence._last != step)
+        due = [s for s in self._specs if s.cadence.due(step) or (force and s.cadence._last != step)]
         save = self.save_checkpoints and (bool(due) or (self.checkpoint_cadence is not None and self.checkpoint_cadence.due(step)))
         if not (cheap or due or save):
             self._wake = self._first_due(step)

@@ -83,6 +83,17 @@ def test_linear_cadence_runs_at_multiples_and_catches_up_after_a_skip() -> None:
     assert ran == [0, 10, 25, 30]
 
 
+def test_linear_cadence_catches_up_when_the_first_call_is_not_on_a_multiple() -> None:
+    cadence = Cadence(10)
+    ran = []
+    for step in [1, 6, 11, 16, 21, 26, 31]:  # never lands on a multiple of 10
+        if cadence.due(step):
+            cadence.mark(step)
+            ran.append(step)
+    assert ran == [11, 21, 31]
+    assert Cadence(10).first_due(1) == 10
+
+
 def test_log_cadence_grows_geometrically_with_a_minimum_gap() -> None:
     cadence = Cadence(10, "log", points_per_decade=10)
     ran = []
@@ -206,6 +217,12 @@ def test_calls_that_skip_steps_still_record_at_the_first_step_past_each_multiple
         written = [step for step in range(0, 40, 7) if monitor.step(_model(), step) is not None]
         assert written == [0, 14, 21, 35]  # multiples 10, 20, 30 are passed at 14, 21, 35
         assert _steps(monitor.store, "r", "monitor") == [0, 14, 21, 35]
+
+
+def test_calls_off_the_multiples_from_the_first_step_still_record(tmp_path: Path) -> None:
+    with Monitor(tmp_path / "s.sqlite", "r", every=10) as monitor:
+        written = [step for step in range(1, 40, 5) if monitor.step(_model(), step) is not None]
+        assert written == [11, 21, 31]
 
 
 def test_force_runs_everything_and_log_schedule_for_probes(tmp_path: Path) -> None:
@@ -414,6 +431,29 @@ def test_lightning_hooks_feed_the_monitor(tmp_path: Path) -> None:
     assert store.run_meta("pl")["lr"] == 0.3
     with pytest.raises(ValueError, match="either monitor= or the Monitor arguments"):
         LightningHooks(hooks.monitor, run="x")
+    hooks.monitor.close()
+
+
+def test_train_end_at_an_already_recorded_step_does_not_overwrite_its_records(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    x, y = _data()
+    hooks = LightningHooks(store=tmp_path / "s.sqlite", run="pl", every=2, probes={"grokking": {"every": 2}},
+                           data=(x, y), loss_fn=F.cross_entropy)
+    for step in range(1, 5):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        hooks.on_train_batch_end(SimpleNamespace(global_step=step, optimizers=[optimizer]), model,
+                                 {"loss": torch.tensor(0.25)}, None, step - 1)
+    hooks.on_train_end(SimpleNamespace(global_step=4, optimizers=[optimizer]), model)  # same step as the last batch
+    store = hooks.monitor.store
+    grokking = store.scalars(run="pl", probe="grokking")
+    assert "feature_change" in set(grokking[grokking.step == 4]["key"])  # not replaced by a run without a previous
+    losses = store.scalars(run="pl", probe="monitor", keys=["train_loss"])
+    assert list(losses.step) == [2, 4] and list(losses.value) == [0.25, 0.25]  # the batch loss is kept
+    assert store.errors().empty
     hooks.monitor.close()
 
 
