@@ -98,6 +98,10 @@ class Cadence:
             return step
         return max(self._next, step)
 
+    def ran_at(self, step: int) -> bool:
+        """True if it last ran at exactly ``step``."""
+        return self._last == step
+
     def mark(self, step: int) -> None:
         """Record that it ran at ``step``."""
         self._last = step
@@ -373,8 +377,8 @@ class Monitor:
             return None
         # force skips what already ran at this step (e.g. a train-end call after the last batch's): a re-run
         # would replace those records, without the previous-step trajectory quantities and the batch loss
-        cheap = self.cadence.due(step) or (force and self.cadence._last != step)
-        due = [s for s in self._specs if s.cadence.due(step) or (force and s.cadence._last != step)]
+        cheap = self.cadence.due(step) or (force and not self.cadence.ran_at(step))
+        due = [s for s in self._specs if s.cadence.due(step) or (force and not s.cadence.ran_at(step))]
         save = self.save_checkpoints and (bool(due) or (self.checkpoint_cadence is not None and self.checkpoint_cadence.due(step)))
         if not (cheap or due or save):
             self._wake = self._first_due(step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
 import threading
@@ -67,17 +68,18 @@ def dashboard_url(browser_store: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def chrome() -> Iterator[object]:
-    """Headless Chromium through chromedriver (skipped with the reason when either is not installed)."""
+    """Headless Chromium through chromedriver (skipped with the reason when either is not installed, except
+    under CI, where ``.ci/run`` installs both and a missing browser is a failure)."""
     chromium = _first_existing(CHROMIUM_CANDIDATES, "chromium")
     driver_path = _first_existing(CHROMEDRIVER_CANDIDATES, "chromedriver")
     if chromium is None or driver_path is None:
-        pytest.skip("browser tests need Chromium and chromedriver (Debian packages `chromium` and `chromium-driver`); "
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("browser tests need Chromium and chromedriver (Debian packages `chromium` and `chromium-driver`); "
                     f"found chromium={chromium}, chromedriver={driver_path}.")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.skip("browser tests need selenium 4 (`pip install selenium`).")
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("browser tests need selenium 4 (`pip install selenium`).")
     profile = tempfile.mkdtemp(prefix="landscape-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
