@@ -519,14 +519,15 @@ def test_lightning_callback_in_a_real_trainer(tmp_path: Path) -> None:
     callback.monitor.close()
 
 
-def test_hf_callback_class_needs_transformers() -> None:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"pip install landscape\[hf\]"):
-            callbacks.LandscapeTrainerCallback  # noqa: B018
-    else:
-        assert issubclass(callbacks.LandscapeTrainerCallback, transformers.TrainerCallback)
+def test_adapters_name_the_extra_to_install_when_their_framework_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(callbacks, "_ADAPTERS", {})
+    for module in ("transformers", "lightning", "lightning.pytorch", "lightning.pytorch.callbacks", "pytorch_lightning",
+                   "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: importing it raises ImportError
+    with pytest.raises(ImportError, match=r"pip install landscape\[hf\]"):
+        callbacks.LandscapeTrainerCallback  # noqa: B018
+    with pytest.raises(ImportError, match=r"pip install landscape\[lightning\]"):
+        callbacks.LandscapeCallback  # noqa: B018
 
 
 def test_unknown_module_attribute_is_an_attribute_error() -> None:
@@ -546,3 +547,37 @@ def test_monitor_relaxes_the_store_sync_unless_told_not_to(tmp_path: Path) -> No
 
     with Store(tmp_path / "d.sqlite") as store, pytest.raises(StoreError, match="synchronous level must be"):
         store.set_synchronous("off")
+
+
+def test_hf_callback_in_a_real_trainer(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers", reason="Hugging Face transformers is an optional extra (landscape[hf])")
+    pytest.importorskip("accelerate", reason="the transformers Trainer needs accelerate")
+
+    class Classifier(nn.Module):  # the shape of a transformers model: keyword inputs, a dict with loss and logits
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _model()
+
+        def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.body(input_ids)
+            out = {"logits": logits}
+            if labels is not None:
+                out["loss"] = F.cross_entropy(logits, labels)
+            return out
+
+    x, y = _data()
+    dataset = [{"input_ids": xi, "labels": yi} for xi, yi in zip(x, y)]
+    callback = callbacks.LandscapeTrainerCallback(store=tmp_path / "s.sqlite", run="hf", every=2,
+                                                  probes={"metrics": {"every": 4}}, data=(x, y),
+                                                  loss_fn=F.cross_entropy)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=16,
+                                          learning_rate=0.1, lr_scheduler_type="constant", optim="sgd",
+                                          report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+                                          disable_tqdm=True)
+    transformers.Trainer(model=Classifier(), args=args, train_dataset=dataset, callbacks=[callback]).train()
+    store = callback.monitor.store
+    assert _steps(store, "hf", "monitor") == [2, 4, 6]
+    assert _steps(store, "hf", "metrics") == [4, 6]
+    assert store.run_meta("hf")["lr"] == pytest.approx(0.1)
+    assert store.errors().empty
+    callback.monitor.close()
