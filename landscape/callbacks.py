@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sqlite3
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -385,14 +386,14 @@ class Monitor:
             return None
         lr = read_lr(optimizer)
         if lr is not None and lr != self._lr:
-            self.store.add_run(self.run, {"lr": lr})
+            self._stored("the learning rate", step, lambda: self.store.add_run(self.run, {"lr": lr}))
             self._lr = lr
         written = None
         if cheap:
             self.cadence.mark(step)
             written = self._record_monitor(model, step, optimizer, loss, outputs, targets, force)
         if save:
-            self._save_checkpoint(model, step)
+            self._stored("the checkpoint", step, lambda: self._save_checkpoint(model, step))
         if due:
             with rng_preserved():
                 self._run_probes(model, step, due)
@@ -420,7 +421,7 @@ class Monitor:
         if bad:
             result.valid, result.message = False, f"non-finite: {', '.join(bad)}"
             self._warn_once(MONITOR_PROBE, f"monitor scalars are not finite at step {step} ({', '.join(bad)}).")
-        self.store.write_result(self.run, step, MONITOR_PROBE, result)
+        self._stored("the monitor scalars", step, lambda: self.store.write_result(self.run, step, MONITOR_PROBE, result))
         return scalars
 
     def _monitor_scalars(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
@@ -507,7 +508,8 @@ class Monitor:
             bad = sorted(k for k, v in result.scalars.items() if not math.isfinite(v))
             result.valid = False
             result.message = f"non-finite scalars: {', '.join(bad)}"
-        self.store.write_result(self.run, step, spec.name, result, config=spec.config)
+        self._stored(f"probe {spec.name!r}", step,
+                     lambda: self.store.write_result(self.run, step, spec.name, result, config=spec.config))
         if not result.valid:
             self._fail(spec.name, step, result.message or "invalid result", spec.config)
 
@@ -549,11 +551,19 @@ class Monitor:
 
     # -- failures ------------------------------------------------------------------------------------------
     def _fail(self, probe: str, step: int, message: str, config: str | None = None) -> None:
-        try:
-            self.store.write_error(self.run, step, probe, message, config=config)
-        finally:
-            self._warn_once(probe, f"probe {probe!r} failed at step {step}: {message} (recorded in the store; "
+        self._stored(f"the error of probe {probe!r}", step,
+                     lambda: self.store.write_error(self.run, step, probe, message, config=config))
+        self._warn_once(probe, f"probe {probe!r} failed at step {step}: {message} (recorded in the store; "
                                    "training continues, further failures are recorded silently).")
+
+    def _stored(self, what: str, step: int, write: Callable[[], object]) -> None:
+        """Do one write to the store (or the checkpoint folder); if it fails (disk full, database locked
+        past its timeout), warn once and let training go on without that record."""
+        try:
+            write()
+        except (sqlite3.Error, OSError) as error:
+            self._warn_once(f"store: {what}", f"could not write {what} at step {step} ({type(error).__name__}: "
+                                              f"{error}); training continues without it.")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

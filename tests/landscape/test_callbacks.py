@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -349,6 +350,27 @@ def test_a_failing_probe_is_logged_once_and_training_continues(tmp_path: Path, m
     results = monitor.store.results(run="r", probe="nan_probe")
     assert list(results.valid) == [0, 0, 0, 0]
     assert _steps(monitor.store, "r", "monitor") == [0, 2, 4, 6]  # training and monitoring went on
+    monitor.close()
+
+
+def test_a_store_that_cannot_be_written_warns_and_training_continues(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monitor = Monitor(tmp_path / "s.sqlite", "r", probes={"metrics": {"every": 2}}, every=2, data=_data(),
+                      loss_fn=F.cross_entropy)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    real_write = monitor.store.write_result
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(monitor.store, "write_result", full_disk)
+    with pytest.warns(RuntimeWarning, match="could not write .* at step 0 .*disk is full.*training continues"):
+        _train(model, optimizer, 4, monitor)  # steps 0..3: records at 0 and 2 are lost, training is not
+    monkeypatch.setattr(monitor.store, "write_result", real_write)  # the disk has room again
+    monitor.step(model, 4, optimizer)
+    assert _steps(monitor.store, "r", "monitor") == [4]
+    assert _steps(monitor.store, "r", "metrics") == [4]
     monitor.close()
 
 
