@@ -554,7 +554,7 @@ class Monitor:
         self._stored(f"the error of probe {probe!r}", step,
                      lambda: self.store.write_error(self.run, step, probe, message, config=config))
         self._warn_once(probe, f"probe {probe!r} failed at step {step}: {message} (recorded in the store; "
-                                   "training continues, further failures are recorded silently).")
+                               "training continues, further failures are recorded silently).")
 
     def _stored(self, what: str, step: int, write: Callable[[], object]) -> None:
         """Do one write to the store (or the checkpoint folder); if it fails (disk full, database locked

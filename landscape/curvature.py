@@ -644,7 +644,13 @@ def exact_trace(op: Operator) -> TraceResult:
     return TraceResult(value=total, stderr=0.0, n_matvec=op.size)
 
 
-def _check_budget(n_matvec: int, minimum: int, name: str) -> None:
+# The fewest products each estimator takes: Hutchinson needs two samples for its stderr; Hutch++ two
+# deflated samples after its s ≥ 1 sketch and HQ products; XTrace two test vectors.
+TRACE_MIN_MATVEC: dict[str, int] = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
+
+
+def _check_budget(n_matvec: int, name: str) -> None:
+    minimum = TRACE_MIN_MATVEC[name]
     if not isinstance(n_matvec, (int, np.integer)) or n_matvec < minimum:
         raise ValueError(f"n_matvec must be an integer ≥ {minimum} for {name}, got {n_matvec}.")
 
@@ -659,7 +665,7 @@ def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
 
     stderr = sample standard deviation of the ``zᵀHz`` / √n_matvec.
     """
-    _check_budget(n_matvec, 2, "hutchinson")
+    _check_budget(n_matvec, "hutchinson")
     samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed)))
     return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
 
@@ -673,7 +679,7 @@ def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResul
     deflated part (sample std / √(n_matvec − 2s)), i.e. conditional on the sketch; it is 0 when the
     deflated part vanishes (rank of H ≤ s: the estimate is then exact).
     """
-    _check_budget(n_matvec, 4, "hutch++")  # 4: at least two deflated samples, so stderr is defined
+    _check_budget(n_matvec, "hutch++")
     generator = _generator(seed)
     s = min(n_matvec // 3, op.size)
     rest = n_matvec - 2 * s
@@ -700,7 +706,7 @@ def xtrace(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
     value = mean tᵢ (2m products: HΩ and HQ); stderr = std(tᵢ) / √m, the paper's error estimate.
     When Y is rank-deficient the range of H is inside range(Q) and the value tr(QᵀHQ) is exact.
     """
-    _check_budget(n_matvec, 4, "xtrace")
+    _check_budget(n_matvec, "xtrace")
     generator = _generator(seed)
     n = op.size
     m = min(n_matvec // 2, n)

@@ -35,6 +35,7 @@ from torch import nn
 from landscape.curvature import (
     KINDS,
     TRACE_METHODS,
+    TRACE_MIN_MATVEC,
     CurvatureOperator,
     NonFiniteLossError,
     ParamSelector,
@@ -207,7 +208,7 @@ def _eigen_on(op: CurvatureOperator, k: int, *, tol: float, max_iter: int | None
 def _trace_on(op: CurvatureOperator, *, method: str, n_matvec: int, seed: int) -> TraceEstimate:
     if method not in (*TRACE_METHODS, "exact"):
         raise ValueError(f"method must be one of {(*TRACE_METHODS, 'exact')}, got {method!r}.")
-    n_matvec = _check_positive_int(n_matvec, "n_matvec", {"hutchinson": 2, "hutch++": 4, "xtrace": 4}.get(method, 1))
+    n_matvec = _check_positive_int(n_matvec, "n_matvec", TRACE_MIN_MATVEC.get(method, 1))
     start = op.n_hvp
     if method == "exact" or n_matvec >= op.size:
         result = exact_trace(op)
