@@ -47,8 +47,8 @@ from landscape.evaluate import LossFn, check_scalar_loss, evaluate
 from landscape.params import preserved
 
 if TYPE_CHECKING:
+    from landscape.probe import Probe, Result
     from landscape.store import Store
-    from probes.base import Probe, Result
 
 # The adapters LandscapeCallback/MonitorCallback and LandscapeTrainerCallback are served by __getattr__ below
 # (built on first access), so they are not listed here: `import *` must not need either framework.
@@ -324,8 +324,8 @@ class Monitor:
     def _resolve_probes(probes: object, probe_every: int, schedule: str, points_per_decade: int) -> list[_ProbeSpec]:
         if probes is None:
             return []
+        from landscape.probe import get, resolve_params
         from landscape.store import config_hash
-        from probes import get, resolve_params
 
         if isinstance(probes, str):
             probes = [probes]
@@ -409,7 +409,7 @@ class Monitor:
     # -- cheap scalars -------------------------------------------------------------------------------------
     def _record_monitor(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
                         outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> dict[str, float] | None:
-        from probes.base import Result
+        from landscape.probe import Result
 
         try:
             scalars = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force)
@@ -472,7 +472,7 @@ class Monitor:
 
     # -- registered probes -----------------------------------------------------------------------------------
     def _run_probes(self, model: nn.Module, step: int, due: list[_ProbeSpec]) -> None:
-        from probes.base import ProbeContext
+        from landscape.probe import ProbeContext
 
         device = self.probe_device or _device_of(model)
         checkpoints, load_state = self._trajectory(model, step, device)

@@ -37,7 +37,7 @@ def _parse_probe_list(text: str | None) -> list[str] | None:
 
 
 def _probe_params(names: list[str] | None, configured: dict[str, dict]) -> dict[str, dict]:
-    import probes
+    from landscape import probe as probes
 
     if names is None:
         names = list(configured) if configured else probes.available()
@@ -160,7 +160,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_probes(args: argparse.Namespace) -> int:
-    import probes
+    from landscape import probe as probes
 
     for name in probes.available():
         probe = probes.get(name)
@@ -173,8 +173,8 @@ def cmd_probes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from torch import nn
 
-    import probes
     from landscape import demo
+    from landscape import probe as probes
     from landscape.callbacks import Monitor
     from landscape.checkpoints import find_checkpoints
     from landscape.runner import run_probes

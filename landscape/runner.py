@@ -98,7 +98,7 @@ def run_probes(
     log: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``."""
-    import probes as probe_registry
+    from landscape import probe as probe_registry
 
     emit = log or (lambda text: print(text, file=sys.stderr))
     device = pick_device(device)
@@ -185,7 +185,7 @@ def _preflight(model: nn.Module, loss_fn: LossFn, train: Batches) -> None:
 
 def _run_one(name, probe, params, chash, model, loss_fn, train, test, device, checkpoint, ordered, run, lr,
              unsafe, store, report, progress, emit) -> None:  # noqa: ANN001 - internal, called in one place
-    from probes.base import ProbeContext
+    from landscape.probe import ProbeContext
 
     ctx = ProbeContext(
         model=model, loss_fn=loss_fn, train=train, test=test, device=device, step=checkpoint.step, run=run,

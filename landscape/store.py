@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from probes.base import Result
+    from landscape.probe import Result
 
 SCHEMA_VERSION = 1
 
@@ -97,7 +97,7 @@ def decode_array(blob: bytes) -> np.ndarray:
 
 
 class PartialRowStore:
-    """Finished rows of one in-progress result (implements ``probes.base.PartialRows``)."""
+    """Finished rows of one in-progress result (implements ``landscape.probe.PartialRows``)."""
 
     def __init__(self, store: Store, run: str, step: int, probe: str, config_hash: str) -> None:
         self._store = store
@@ -277,7 +277,7 @@ class Store:
             )
 
     def partial(self, run: str, step: int, probe: str, config_hash: str) -> PartialRowStore:
-        """Row storage for an in-progress result (see ``probes.base.PartialRows``)."""
+        """Row storage for an in-progress result (see ``landscape.probe.PartialRows``)."""
         return PartialRowStore(self, run, step, probe, config_hash)
 
     def set_synchronous(self, level: str) -> None:

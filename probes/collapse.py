@@ -39,7 +39,7 @@ from torch import nn
 
 from landscape.data import as_batches
 from landscape.params import preserved
-from probes.base import ProbeContext, Result
+from landscape.probe import ProbeContext, Result
 
 Layer = str | nn.Module
 _EPS = float(np.finfo(np.float64).eps)

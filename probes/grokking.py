@@ -43,7 +43,7 @@ from landscape.checkpoints import Checkpoint, load_into
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, check_scalar_loss, correct_count, evaluate, gradient
 from landscape.params import preserved, trainable_parameters
-from probes.base import ProbeContext, Result
+from landscape.probe import ProbeContext, Result
 
 __all__ = [
     "OrthoGrad",

@@ -47,7 +47,7 @@ from landscape.curvature import (
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn
 from landscape.params import preserved, trainable_parameters
-from probes.base import ProbeContext, Result
+from landscape.probe import ProbeContext, Result
 
 __all__ = [
     "PROBE",

@@ -12,7 +12,7 @@ from torch import nn
 from landscape.data import as_batches
 from landscape.evaluate import LossFn, evaluate, gradient
 from landscape.params import preserved, trainable_parameters
-from probes.base import ProbeContext, Result
+from landscape.probe import ProbeContext, Result
 
 
 def parameter_norm(model: nn.Module) -> float:

@@ -41,7 +41,7 @@ from torch import nn
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, check_scalar_loss, evaluate, gradient
 from landscape.params import Named, preserved, set_point, trainable_parameters
-from probes.base import ProbeContext, Result
+from landscape.probe import ProbeContext, Result
 
 ASAM_ETA = 0.01
 

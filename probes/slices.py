@@ -52,7 +52,7 @@ from landscape.directions import NORMS, check_directions
 from landscape.directions import random_directions as _random_directions
 from landscape.evaluate import LossError, LossFn, autocast_context, check_scalar_loss, evaluate
 from landscape.params import preserved, trainable_parameters
-from probes.base import PartialRows, ProbeContext, Result
+from landscape.probe import PartialRows, ProbeContext, Result
 
 Named = dict[str, torch.Tensor]
 
