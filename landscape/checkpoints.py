@@ -2,7 +2,8 @@
 
 Formats: ``.pt``/``.pth``/``.bin`` (a state dict, or a dict holding one under ``state_dict``, ``model``,
 ``model_state_dict`` or ``module``), Lightning ``.ckpt`` (``state_dict`` with ``model.`` prefixes), and
-``.safetensors``. Pickled files are read with ``torch.load(weights_only=True)``: tensors and plain
+``.safetensors``. :func:`read_optimizer_state` finds the optimizer state saved with a checkpoint (Lightning's
+``optimizer_states``, an ``optimizer`` entry, or a Hugging Face ``optimizer.pt`` beside the weights). Pickled files are read with ``torch.load(weights_only=True)``: tensors and plain
 containers only, never arbitrary code. ``unsafe=True`` is the one, explicit, way to unpickle anything else.
 """
 
@@ -21,6 +22,9 @@ from torch import nn
 SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 STEP_KEYS = ("global_step", "step", "iteration", "iter", "epoch")
+OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optimizer_state", "optim")
+# Weight files of a Hugging Face Trainer checkpoint folder, which keeps the optimizer in optimizer.pt beside them.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 _STEP_PATTERNS = (
     re.compile(r"(?:^|[^a-z])(?:global_step|step|iter|iteration|it)[=_\-]?(\d+)", re.IGNORECASE),
     re.compile(r"(?:^|[^a-z])(?:ckpt|checkpoint|model|weights)[=_\-]?(\d+)", re.IGNORECASE),
@@ -233,3 +237,48 @@ def load_checkpoint(
     if model is None:
         return state
     return load_into(model, state, path)
+
+
+@dataclass(frozen=True)
+class SavedOptimizer:
+    """An optimizer state dict (``{"state": ..., "param_groups": ...}``) saved with a checkpoint.
+
+    ``layout`` says how its parameter indices map to the model's parameters: ``"order"`` (the order of
+    ``model.parameters()``, as for an optimizer built from them) or ``"transformers"`` (the Hugging Face
+    Trainer's two groups, weight-decayed parameters first); ``source`` is the file it came from.
+    """
+
+    state_dict: Mapping[str, Any]
+    source: Path
+    layout: str = "order"
+    type_name: str | None = None
+
+
+def _is_optimizer_state(value: object) -> bool:
+    return isinstance(value, Mapping) and "state" in value and "param_groups" in value
+
+
+def read_optimizer_state(path: Path | str, *, unsafe: bool = False, map_location: Any = "cpu") -> SavedOptimizer | None:
+    """The optimizer state saved with the checkpoint at ``path``, or None when there is none.
+
+    Looked for in the file itself (Lightning ``optimizer_states[0]``, or a state dict under ``optimizer``,
+    ``optimizer_state_dict``, ``optimizer_state`` or ``optim``), then, for a Hugging Face weights file
+    (``model.safetensors``, ``pytorch_model.bin``), in ``optimizer.pt`` in the same folder.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        payload = _read(path, unsafe=unsafe, map_location=map_location)
+        if isinstance(payload, Mapping):
+            for key in OPTIMIZER_KEYS:
+                value = payload.get(key)
+                if isinstance(value, (list, tuple)) and value and _is_optimizer_state(value[0]):
+                    return SavedOptimizer(value[0], path)
+                if _is_optimizer_state(value):
+                    return SavedOptimizer(value, path)
+    beside = path.parent / "optimizer.pt"
+    if path.name in HF_WEIGHT_FILES and beside.is_file():
+        payload = _read(beside, unsafe=unsafe, map_location=map_location)
+        if not _is_optimizer_state(payload):
+            raise CheckpointError(f"{beside} holds no optimizer state dict (expected 'state' and 'param_groups').")
+        return SavedOptimizer(payload, beside, layout="transformers")
+    return None

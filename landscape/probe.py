@@ -1,7 +1,8 @@
 """The probe protocol and its registry: what the runner hands a probe, what it returns, how probes are found.
 
 A probe is any object with a ``name``, a ``defaults`` dict of its params and ``run(ctx, **params) ->
-Result``. :class:`ProbeContext` carries everything a probe may use at one checkpoint; :class:`Result` is
+Result``; one that reads ``ctx.optimizer_state`` says so with ``uses_optimizer_state = True`` (the runner
+reads the optimizer state from the checkpoint only for such probes). :class:`ProbeContext` carries everything a probe may use at one checkpoint; :class:`Result` is
 saved as one unit by the store. The registry discovers every module of the ``probes`` package that defines
 a module-level ``PROBE``, on first use, so the core names the package only here and by string.
 """
@@ -41,7 +42,9 @@ class ProbeContext:
     ``model`` is in eval mode with the checkpoint's weights; the runner restores mode and weights after
     the probe. ``checkpoints`` lists every checkpoint of the run (for trajectory probes) and
     ``load_state(checkpoint)`` returns one's state dict. ``partial`` is set by the runner when a store
-    is attached, so long probes can save finished rows and resume.
+    is attached, so long probes can save finished rows and resume. ``optimizer_state`` is the optimizer
+    state at this checkpoint when known: a :class:`landscape.checkpoints.SavedOptimizer` read from the
+    checkpoint (the runner), or the live ``torch.optim`` optimizer (during training).
     """
 
     model: nn.Module
@@ -56,6 +59,7 @@ class ProbeContext:
     lr: float | None = None
     partial: PartialRows | None = None
     progress: bool = False
+    optimizer_state: Any = None
 
 
 @dataclass

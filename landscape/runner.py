@@ -21,8 +21,10 @@ from torch import nn
 from landscape.checkpoints import (
     Checkpoint,
     CheckpointError,
+    SavedOptimizer,
     load_into,
     read_metadata,
+    read_optimizer_state,
     read_state_dict,
     sha256,
 )
@@ -150,6 +152,8 @@ def run_probes(
                 bar.update(len(selected))
                 continue
             store.add_checkpoint(run, checkpoint.step, checkpoint.path, digest or sha256(checkpoint.path))
+            wants_optimizer = any(getattr(selected[n], "uses_optimizer_state", False) for n in todo)
+            optimizer_state = _optimizer_state(checkpoint, unsafe, emit) if wants_optimizer else None
             step_lr = _learning_rate(lr, checkpoint, unsafe)
             if step_lr is not None and lr is None:
                 store.add_run(run, {"lr": step_lr})
@@ -158,7 +162,7 @@ def run_probes(
                 bar.set_description(f"step {checkpoint.step} · {name}")
                 _run_one(
                     name, selected[name], resolved[name], hashes[name], model, loss_fn, train_batches, test_batches,
-                    device, checkpoint, ordered, run, step_lr, unsafe, store, report, progress, emit,
+                    device, checkpoint, ordered, run, step_lr, unsafe, store, report, progress, emit, optimizer_state,
                 )
                 bar.update(1)
     finally:
@@ -183,14 +187,24 @@ def _preflight(model: nn.Module, loss_fn: LossFn, train: Batches) -> None:
         check_scalar_loss(loss)
 
 
+def _optimizer_state(checkpoint: Checkpoint, unsafe: bool, emit: Callable[[str], None]) -> SavedOptimizer | None:
+    """The optimizer state saved with the checkpoint, if any (a file that cannot be read is noted, not fatal)."""
+    try:
+        return read_optimizer_state(checkpoint.path, unsafe=unsafe)
+    except CheckpointError as error:
+        emit(f"note: no optimizer state for step {checkpoint.step}: {error}")
+        return None
+
+
 def _run_one(name, probe, params, chash, model, loss_fn, train, test, device, checkpoint, ordered, run, lr,
-             unsafe, store, report, progress, emit) -> None:  # noqa: ANN001 - internal, called in one place
+             unsafe, store, report, progress, emit, optimizer_state=None) -> None:  # noqa: ANN001 - internal
     from landscape.probe import ProbeContext
 
     ctx = ProbeContext(
         model=model, loss_fn=loss_fn, train=train, test=test, device=device, step=checkpoint.step, run=run,
         checkpoints=list(ordered), load_state=lambda c: read_state_dict(c.path, unsafe=unsafe, map_location=device),
         lr=lr, partial=store.partial(run, checkpoint.step, name, chash), progress=progress,
+        optimizer_state=optimizer_state,
     )
     try:
         with preserved(model):

@@ -17,6 +17,10 @@ weights ``θ`` (the trainable parameters, as one vector), with the model in eval
 * **first-order flatness** (GAM, Zhang et al. 2023): ``ρ · max_{‖ε‖₂ ≤ ρ} ‖∇L(θ+ε)‖₂``.
 * **stability** (Cohen et al. 2021; Wu & Su 2023): ``λ_max·lr/2`` (gradient descent is linearly unstable
   at ≥ 1, the edge of stability) and ``tr(H)·lr/2`` (a minimum linearly stable for SGD has ≤ 1).
+* **preconditioned stability** (Cohen et al. 2022): ``λ_max(P⁻¹H)`` for an adaptive optimizer's
+  preconditioner P against its threshold (38/η for Adam at β₁ = 0.9), :func:`preconditioned_eigenvalues`
+  (implemented in :mod:`probes.preconditioned`); the probe stores it when the checkpoint carries optimizer
+  state.
 
 The maxima are found by projected gradient ascent from a random point on the ball's surface (at a minimum
 the gradient is ~0, so a step from ``ε = 0`` has no direction), with the full step: each iterate is the
@@ -42,6 +46,12 @@ from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, check_scalar_loss, evaluate, gradient
 from landscape.params import Named, preserved, set_point, trainable_parameters
 from landscape.probe import ProbeContext, Result
+from probes.preconditioned import PreconditionedEigen, preconditioned_eigenvalues
+
+__all__ = [
+    "PROBE", "PreconditionedEigen", "SharpnessProbe", "average_case", "first_order_flatness", "gradient_norm",
+    "m_sharpness", "preconditioned_eigenvalues", "sam_one_step", "stability", "worst_case",
+]
 
 ASAM_ETA = 0.01
 
@@ -57,6 +67,8 @@ DEFINITIONS = {
     "first_order_flatness": "rho*max_{|e|<=rho}|grad L(t+e)|_2 (GAM), ascent along H g/|g|",
     "eos_ratio": "lambda_max*lr/2 (>=1: GD linearly unstable)",
     "sgd_trace_ratio": "trace(H)*lr/2 (>1: not linearly stable for SGD, Wu & Su 2023)",
+    "preconditioned_eos_ratio": "lambda_max(P^-1 H)/threshold, P the optimizer's preconditioner, threshold "
+    "(2+2*beta1)/((1-beta1)*lr) for Adam, (2+2*momentum)/lr for RMSprop, 2/lr for Adagrad (>=1: unstable)",
 }
 
 
@@ -398,6 +410,7 @@ class SharpnessProbe:
     """Every sharpness measure at a checkpoint, with the same definitions and seeds at every checkpoint."""
 
     name = "sharpness"
+    uses_optimizer_state = True
     defaults: ClassVar[dict[str, Any]] = {
         "rho": 0.05,
         "adaptive": True,
@@ -420,7 +433,8 @@ class SharpnessProbe:
         seed = int(p["seed"])
         record = {**p, "definition": DEFINITIONS}
         with_stability = bool(p["stability"]) and ctx.lr is not None
-        tasks = 5 + bool(p["adaptive"]) + (m is not None) + 2 * with_stability
+        with_preconditioned = bool(p["stability"]) and ctx.optimizer_state is not None
+        tasks = 5 + bool(p["adaptive"]) + (m is not None) + 2 * with_stability + with_preconditioned
         bar = _bar(tasks, ctx.progress)
         scalars: dict[str, float] = {}
         try:
@@ -453,6 +467,11 @@ class SharpnessProbe:
                 message = self._stability(ctx, seed, scalars, bar)
                 if message is not None:
                     record["stability_skipped"] = message
+            if with_preconditioned:
+                message = self._preconditioned(ctx, seed, scalars)
+                bar.update(1)
+                if message is not None:
+                    record["preconditioned_skipped"] = message
         finally:
             bar.close()
         return Result(scalars=scalars, params=record)
@@ -472,6 +491,18 @@ class SharpnessProbe:
         ratios = stability(scalars["lambda_max"], scalars["trace"], float(ctx.lr))  # type: ignore[arg-type]
         scalars["eos_ratio"] = ratios["eos_ratio"]
         scalars["sgd_trace_ratio"] = ratios["sgd_trace_ratio"]
+        return None
+
+
+    @staticmethod
+    def _preconditioned(ctx: ProbeContext, seed: int, scalars: dict[str, float]) -> str | None:
+        """λ_max(P⁻¹H) against the optimizer's threshold; a state that gives no preconditioner is noted."""
+        from probes.preconditioned import OptimizerStateError, stability_scalars
+
+        try:
+            scalars.update(stability_scalars(ctx.model, ctx.loss_fn, ctx.train, ctx.optimizer_state, seed=seed))
+        except OptimizerStateError as error:
+            return str(error)
         return None
 
 
