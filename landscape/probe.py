@@ -113,7 +113,7 @@ def resolve_params(probe: Probe, params: Mapping[str, Any] | None) -> dict[str, 
 
 # -- registry -------------------------------------------------------------------------------------------
 PROBES_PACKAGE = "probes"
-DEFAULT_ORDER = ("metrics", "grokking", "sharpness", "hessian", "collapse", "slices")
+DEFAULT_ORDER = ("metrics", "grokking", "sharpness", "hessian", "noise", "collapse", "slices")
 _INFRASTRUCTURE = {"base"}
 _registry: dict[str, Probe] | None = None
 
