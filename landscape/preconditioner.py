@@ -135,6 +135,16 @@ def transformers_order(model: nn.Module) -> list[str]:
     return [n for n in trainable if decays(n)] + [n for n in trainable if not decays(n)]
 
 
+def named_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with each group's ``param_names`` taken from ``model`` (by identity), so the
+    state maps onto a copy of the model (on another device) by name. The state tensors are shared, not copied."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved = optimizer.state_dict()
+    for group, live in zip(saved["param_groups"], optimizer.param_groups):
+        group["param_names"] = [names.get(id(p)) for p in live["params"]]
+    return saved
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 
@@ -176,7 +186,7 @@ def _saved_entries(model: nn.Module, state_dict: Mapping[str, Any], kind: str, l
     if param_names is not None:
         order = list(param_names)
     elif all("param_names" in g for g in groups):
-        order = [_match_name(n, all_names) for g in groups for n in g["param_names"]]
+        order = [None if n is None else _match_name(n, all_names) for g in groups for n in g["param_names"]]
     elif layout == "transformers" and len(groups) == 2:
         order = list(transformers_order(model))
     elif len(indices) == len(all_names):

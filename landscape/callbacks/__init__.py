@@ -12,7 +12,8 @@ crash loses at most the record being written. Two kinds of records:
 * any registered probe (``probes={"grokking": {...}}``), each on its own cadence: every ``probe_every``
   steps (``schedule="linear"``) or log-spaced (``schedule="log"``: the gap between runs grows with the
   step, at least ``probe_every``). A probe's params dict may hold ``"every"`` and ``"schedule"`` to set
-  its own cadence.
+  its own cadence. A probe that reads optimizer state (``uses_optimizer_state``, e.g. ``sharpness`` for
+  λ_max(P⁻¹H) of Adam) gets the optimizer passed to ``step`` as ``ctx.optimizer_state``.
 
 Measuring never disturbs training: after ``step`` returns, the weights and buffers (bit for bit), every
 module's train/eval mode, every ``.grad``, the optimizer state and the Python, NumPy and torch random

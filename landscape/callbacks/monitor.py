@@ -267,7 +267,7 @@ class Monitor:
             self._stored("the checkpoint", step, lambda: self._save_checkpoint(model, step))
         if due:
             with rng_preserved():
-                self._run_probes(model, step, due)
+                self._run_probes(model, step, due, optimizer)
         self._wake = self._first_due(step + 1)
         return written
 
@@ -342,10 +342,17 @@ class Monitor:
         return out
 
     # -- registered probes -----------------------------------------------------------------------------------
-    def _run_probes(self, model: nn.Module, step: int, due: list[_ProbeSpec]) -> None:
+    def _run_probes(self, model: nn.Module, step: int, due: list[_ProbeSpec], optimizer: object | None = None) -> None:
         from landscape.probe import ProbeContext
 
         device = self.probe_device or _device_of(model)
+        optimizer_state: object | None = None
+        if isinstance(optimizer, torch.optim.Optimizer) and any(getattr(s.probe, "uses_optimizer_state", False)
+                                                                for s in due):
+            from landscape.preconditioner import named_state_dict
+
+            # a probe copy of the model on another device is not the model the optimizer holds: map by name
+            optimizer_state = optimizer if self.probe_device is None else named_state_dict(model, optimizer)
         checkpoints, load_state = self._trajectory(model, step, device)
         train = self._on(self._data, device, "probe", self.max_samples)  # type: ignore[arg-type]
         test = None if self._test is None else self._on(self._test, device, "probe-test", self.max_samples)
@@ -362,6 +369,7 @@ class Monitor:
                     model=target, loss_fn=self.loss_fn, train=train, test=test,  # type: ignore[arg-type]
                     device=device, step=step, run=self.run, checkpoints=checkpoints, load_state=load_state,
                     lr=self._lr, partial=self.store.partial(self.run, step, spec.name, spec.config), progress=False,
+                    optimizer_state=optimizer_state,
                 )
                 self._run_one(spec, ctx, step)
         if not self.save_checkpoints and self.keep_previous:
