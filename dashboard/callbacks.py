@@ -157,6 +157,15 @@ class Callbacks:
         view = views.density(self.catalog, tokens, selected or [], step_at(index, steps), previous)
         return self._emit(view, with_notice=False)
 
+    def hessian_preconditioned(self, tab: str, selected: list[str], tokens: list,
+                               previous: str | None) -> tuple[Any, ...]:
+        """λmax(P⁻¹H) against its threshold; the graph is shown only when a selected run has it."""
+        self._active(tab, "hessian")
+        view = views.preconditioned(self.catalog, tokens, selected or [], previous)
+        if view is None:
+            raise PreventUpdate
+        return view.figures[0], _SHOWN if view.has_data else _HIDDEN, view.fingerprint
+
     def sharpness(self, tab: str, selected: list[str], tokens: list, previous: str | None) -> tuple[Any, ...]:
         self._active(tab, "sharpness")
         return self._emit(views.sharpness(self.catalog, tokens, selected or [], previous))
@@ -174,6 +183,10 @@ class Callbacks:
     def grokking(self, tab: str, selected: list[str], tokens: list, previous: str | None) -> tuple[Any, ...]:
         self._active(tab, "grokking")
         return self._emit(views.grokking(self.catalog, tokens, selected or [], previous))
+
+    def dynamics(self, tab: str, selected: list[str], tokens: list, previous: str | None) -> tuple[Any, ...]:
+        self._active(tab, "dynamics")
+        return self._emit(views.dynamics(self.catalog, tokens, selected or [], previous))
 
     # -- downloads -----------------------------------------------------------------------------------
     def download(self, tab: str, n_clicks: int | None, selected: list[str], focus: str | None,
@@ -229,6 +242,9 @@ def register(app: dash.Dash, cb: Callbacks) -> None:
                  tab, runs, focus, tokens, fingerprint("hessian-fingerprint"))(cb.hessian)
     app.callback(*_view_outputs("hessian", ["hessian-density"], "hessian-density-fingerprint", with_notice=False),
                  tab, runs, index, steps, tokens, fingerprint("hessian-density-fingerprint"))(cb.hessian_density)
+    app.callback(Output("hessian-preconditioned", "figure"), Output("hessian-preconditioned-box", "style"),
+                 Output("hessian-preconditioned-fingerprint", "data"),
+                 tab, runs, tokens, fingerprint("hessian-preconditioned-fingerprint"))(cb.hessian_preconditioned)
     app.callback(*_view_outputs("sharpness", TAB_GRAPHS["sharpness"], "sharpness-fingerprint"),
                  tab, runs, tokens, fingerprint("sharpness-fingerprint"))(cb.sharpness)
     app.callback(*_view_outputs("collapse", ["collapse-measures"], "collapse-fingerprint"),
@@ -237,6 +253,8 @@ def register(app: dash.Dash, cb: Callbacks) -> None:
                  tab, focus, index, steps, tokens, fingerprint("collapse-cosine-fingerprint"))(cb.collapse_cosine)
     app.callback(*_view_outputs("grokking", TAB_GRAPHS["grokking"], "grokking-fingerprint"),
                  tab, runs, tokens, fingerprint("grokking-fingerprint"))(cb.grokking)
+    app.callback(*_view_outputs("dynamics", TAB_GRAPHS["dynamics"], "dynamics-fingerprint"),
+                 tab, runs, tokens, fingerprint("dynamics-fingerprint"))(cb.dynamics)
 
     for name in TABS:
         def download(n_clicks: int | None, selected: list[str], focus_key: str | None, index_value: int | None,

@@ -18,13 +18,15 @@ MAX_SLIDER_MARKS = 8
 TAB_GRAPHS = {
     "overview": ["overview-curves"],
     "landscape": ["landscape-surface", "landscape-slice"],
-    "hessian": ["hessian-eigenvalues", "hessian-trace", "hessian-density", "hessian-spectrogram"],
+    "hessian": ["hessian-eigenvalues", "hessian-trace", "hessian-density", "hessian-spectrogram",
+                "hessian-preconditioned"],
     "sharpness": ["sharpness-measures"],
     "collapse": ["collapse-measures", "collapse-cosine"],
     "grokking": ["grokking-diagnostics"],
+    "dynamics": ["dynamics-noise", "dynamics-connectivity"],
 }
 # Views that follow the checkpoint slider inside a tab, redrawn on their own.
-_EXTRA_VIEWS = {"hessian": ("hessian-density",), "collapse": ("collapse-cosine",)}
+_EXTRA_VIEWS = {"hessian": ("hessian-density", "hessian-preconditioned"), "collapse": ("collapse-cosine",)}
 _TAB_HELP = {
     "overview": "Loss and accuracy over training steps, from the training monitor and the metrics probe.",
     "landscape": "The loss surface around the selected checkpoint (along the slice directions d₁, d₂, random and "
@@ -32,12 +34,17 @@ _TAB_HELP = {
                  "selected run the 1-D slice through the checkpoint or the interpolation from its first "
                  "checkpoint.",
     "hessian": "Top Hessian eigenvalues against the 2/η edge of stability, the trace, and the spectral density "
-               "(at the selected checkpoint, and over training for the focus run).",
+               "(at the selected checkpoint, and over training for the focus run); for adaptive optimizers, when "
+               "their state was recorded, the preconditioned sharpness λmax(P⁻¹H) against its threshold (38/η "
+               "for Adam).",
     "sharpness": "Worst-case, average-case and first-order sharpness measures over training.",
     "collapse": "Neural-collapse measures NC1–NC4 (log scale; smaller is more collapsed) and the class-mean "
                 "cosine matrix at the selected checkpoint.",
     "grokking": "Train/test accuracy and loss, Softmax Collapse, NLM alignment and norms. Dashed lines: grokking "
                 "onset (test accuracy ≥ 95% of its best); dotted: SC onset (SC fraction > 1%).",
+    "dynamics": "The gradient noise scale B_simple = tr Σ/|G|² and B_noise = tr(HΣ)/GᵀHG over training (the "
+                "critical batch size), and mode connectivity: the loss along a trained curve between two models "
+                "against the straight line, before and after permutation alignment.",
 }
 
 
@@ -109,7 +116,11 @@ def _tab(tab: str) -> dcc.Tab:
         ])]
     if tab == "hessian":
         body = [html.Div(className="grid-2", children=[_graph(g) for g in graphs[:2]]),
-                html.Div(className="grid-2", children=[_graph(g) for g in graphs[2:]])]
+                html.Div(className="grid-2", children=[_graph(g) for g in graphs[2:4]]),
+                html.Div(id="hessian-preconditioned-box", style={"display": "none"},
+                         children=[_graph("hessian-preconditioned")])]
+    elif tab == "dynamics":
+        body = [html.Div(className="grid-2", children=[_graph(g) for g in graphs])]
     elif tab == "landscape":
         body = [_graph(graphs[0], height=540), _graph(graphs[1])]
     else:

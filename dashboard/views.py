@@ -17,12 +17,13 @@ import plotly.graph_objects as go
 from dashboard import figures
 from dashboard.data import MONITOR, Catalog, RunRef, Tokens
 
-TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking")
+TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking", "dynamics")
 TAB_LABELS = {"overview": "Overview", "landscape": "Landscape", "hessian": "Hessian", "sharpness": "Sharpness",
-              "collapse": "Collapse", "grokking": "Grokking"}
+              "collapse": "Collapse", "grokking": "Grokking", "dynamics": "Dynamics"}
 # The probes whose scalars each tab plots (and exports as CSV).
 TAB_PROBES = {"overview": ("metrics", MONITOR), "landscape": ("slices",), "hessian": ("hessian",),
-              "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics")}
+              "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics"),
+              "dynamics": ("noise", "connectivity")}
 
 _SURFACE_KEYS = ("loss", "accuracy", "test_loss", "test_accuracy")
 _SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_test_accuracy",
@@ -217,6 +218,22 @@ def hessian(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], focus:
     return View(figs, notice, len(missing) < len(refs), fingerprint)
 
 
+def preconditioned(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str],
+                   previous: str | None = None) -> View | None:
+    """λmax(P⁻¹H) against the optimizer's threshold for the selected runs (stored by the sharpness probe when
+    optimizer state was available); ``has_data`` says whether any run has it, so the tab can hide the graph."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return View([figures.empty_figure("Select one or more runs above.")], None, False, "no-runs")
+    fingerprint = _fp(catalog, refs, ["sharpness"], tokens, "preconditioned")
+    if fingerprint == previous:
+        return None
+    frame = catalog.scalars(refs, ["sharpness"], tokens)
+    present = bool(len(frame)) and bool((frame["key"] == "lambda_max_preconditioned").any())
+    fig = figures.preconditioned_sharpness_figure(frame, colors=colors(catalog, tokens))
+    return View([_graph_uirevision(fig, "hessian-preconditioned")], None, present, fingerprint)
+
+
 def density(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: int | None,
             previous: str | None = None) -> View | None:
     """The spectral density of every selected run at its checkpoint nearest ``step``, overlaid."""
@@ -277,6 +294,36 @@ def grokking(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previ
     """Grokking diagnostics of the selected runs (grokking probe and/or training monitor)."""
     return _over_steps(catalog, tokens, keys, previous, "grokking", figures.grokking_figure,
                        present=["grokking", MONITOR], notice_probe="grokking", hint=_MONITOR_HINT.format("grokking"))
+
+
+_DYNAMICS_HINT = ("run `landscape analyze --probes noise`, or store a mode-connectivity result with "
+                  "`store.write_result(run, step, \"connectivity\", probes.connectivity.bezier_curve(...).to_result())`")
+
+
+def dynamics(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previous: str | None = None) -> View | None:
+    """The gradient noise scale over steps and, for each selected run, its latest connectivity record (the
+    loss along the trained curve, the straight line and the aligned line)."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view(2)
+    probes = TAB_PROBES["dynamics"]
+    fingerprint = _fp(catalog, refs, probes, tokens, "dynamics")
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not any(catalog.has(r, p, tokens) for p in probes)]
+    notice = missing_notice("noise or connectivity", missing, len(refs), hint=_DYNAMICS_HINT)
+    palette = colors(catalog, tokens)
+    noise = figures.noise_scale_figure(catalog.scalars(refs, ["noise"], tokens), colors=palette)
+    curves = {}
+    for ref in refs:
+        steps = catalog.steps(ref, "connectivity", tokens)
+        if steps:
+            name = ref.key if len(steps) == 1 else f"{ref.key} @ {steps[-1]:,}"
+            curves[name] = catalog.arrays(ref, "connectivity", steps[-1], tokens)
+            palette[name] = palette[ref.key]
+    connectivity = figures.connectivity_figure(curves, colors=palette)
+    return View([_graph_uirevision(noise, "dynamics-noise"), _graph_uirevision(connectivity, "dynamics-connectivity")],
+                notice, len(missing) < len(refs), fingerprint)
 
 
 # -- CSV export -------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ needs are missing it returns :func:`empty_figure` with a message instead of rais
 The package imports neither Dash nor any part of the core (it reads plain tables and arrays), so it stays
 light in a notebook. One module per subject: :mod:`.curves` (loss and accuracy over steps),
 :mod:`.surfaces` (landscape slices and interpolation), :mod:`.spectra` (Hessian eigenvalues, trace and
-spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse) and :mod:`.grokking`; the shared
+spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse), :mod:`.grokking` and
+:mod:`.dynamics` (preconditioned sharpness, gradient noise scale, mode connectivity); the shared
 look lives in :mod:`._style` and the per-run series of a scalars table in :mod:`._series`.
 """
 
@@ -22,6 +23,11 @@ from __future__ import annotations
 from dashboard.figures._style import FONT, GRID, PALETTE, TEXT, empty_figure, run_colors
 from dashboard.figures.collapse import collapse_figure, cosine_matrix_figure
 from dashboard.figures.curves import training_curves_figure
+from dashboard.figures.dynamics import (
+    connectivity_figure,
+    noise_scale_figure,
+    preconditioned_sharpness_figure,
+)
 from dashboard.figures.grokking import (
     GROKKING_FRACTION,
     SC_THRESHOLD,
@@ -47,6 +53,7 @@ __all__ = [
     "SHARPNESS_MEASURES",
     "TEXT",
     "collapse_figure",
+    "connectivity_figure",
     "cosine_matrix_figure",
     "empty_figure",
     "grokking_figure",
@@ -54,6 +61,8 @@ __all__ = [
     "hessian_eigenvalues_figure",
     "hessian_trace_figure",
     "interpolation_curves",
+    "noise_scale_figure",
+    "preconditioned_sharpness_figure",
     "run_colors",
     "sc_onset",
     "sharpness_figure",

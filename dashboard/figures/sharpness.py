@@ -24,6 +24,7 @@ SHARPNESS_MEASURES = {
     "trace": "Hessian trace",
     "eos_ratio": "Edge-of-stability ratio λmax·η/2",
     "sgd_trace_ratio": "SGD trace ratio",
+    "preconditioned_eos_ratio": "Adaptive edge-of-stability ratio λmax(P⁻¹H)/threshold",
 }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from landscape.store import Store
 from probes.base import Result
 
-ALL_PROBES = ("metrics", "monitor", "hessian", "slices", "sharpness", "collapse", "grokking")
+ALL_PROBES = ("metrics", "monitor", "hessian", "slices", "sharpness", "collapse", "grokking", "noise", "connectivity")
 
 
 def _sc_fraction(t: float, r: int) -> float:
@@ -149,12 +149,38 @@ def _grokking(t: float, r: int, last: bool) -> Result:
 def _sharpness(t: float, r: int, lr: float) -> Result:
     grow = (1 - np.exp(-5 * t)) * (1 + 0.4 * r)
     lam = (2.0 / lr) * (0.2 + 0.75 * grow) * (1 - 0.05 * r)
-    return Result(scalars={
+    scalars = {
         "worst_case": 0.01 + 0.3 * grow, "worst_case_adaptive": 0.02 + 0.25 * grow, "sam_one_step": 0.008 + 0.2 * grow,
         "average_case": 1e-4 + 0.02 * grow, "gradient_norm": 3.0 * np.exp(-3 * t) + 0.05,
         "first_order_flatness": 0.05 + 2 * grow, "m_sharpness": 0.02 + 0.4 * grow,
         "lambda_max": lam, "trace": lam * 4, "eos_ratio": lam * lr / 2, "sgd_trace_ratio": 0.1 + 0.5 * grow,
-    }, params={"rho": 0.05})
+    }
+    if r % 2 == 1:  # an adaptive run: its preconditioned sharpness climbs to Adam's threshold 38/η and stays
+        threshold = 38.0 / lr
+        pre = threshold * (1 - 0.9 * np.exp(-6 * t)) * (1 + 0.02 * np.sin(20 * t))
+        scalars.update(lambda_max_preconditioned=pre, preconditioned_threshold=threshold,
+                       preconditioned_eos_ratio=pre / threshold)
+    return Result(scalars=scalars, params={"rho": 0.05})
+
+
+def _noise(t: float, r: int) -> Result:
+    b_simple = 20.0 * np.exp(4 * t) * (1 + 0.5 * r)
+    return Result(scalars={"trace_cov": 5.0 + t, "grad_norm_sq": (5.0 + t) / b_simple, "b_simple": b_simple,
+                           "b_noise": 0.4 * b_simple, "n_samples": 1000.0},
+                  arrays={"layer_names": np.array(["fc1", "fc2"]), "layer_snr": np.array([0.02, 0.05]) / (1 + t)},
+                  params={"b_noise": True})
+
+
+def _connectivity(r: int) -> Result:
+    t = np.linspace(0.0, 1.0, 21)
+    ends = (0.05 + 0.01 * r) * (1 - t) + 0.06 * t
+    line = ends + 1.5 * 4 * t * (1 - t)
+    curve = ends + 0.1 * 4 * t * (1 - t)
+    aligned = ends + 0.5 * 4 * t * (1 - t)
+    return Result(scalars={"line_barrier": float(np.max(line - ends)), "curve_barrier": float(np.max(curve - ends)),
+                           "aligned_line_barrier": float(np.max(aligned - ends))},
+                  arrays={"t": t, "line_loss": line, "curve_loss": curve, "aligned_line_loss": aligned,
+                          "train_loss": np.linspace(0.8, 0.1, 50)}, params={"curve": "bezier"})
 
 
 def write_run(store: Store, run: str, *, r: int = 0, n_steps: int = 12, every: int = 100, grid: int = 21,
@@ -190,6 +216,10 @@ def write_run(store: Store, run: str, *, r: int = 0, n_steps: int = 12, every: i
             store.write_result(run, s, "collapse", _collapse(t, r, n_classes))
         if "grokking" in probes:
             store.write_result(run, s, "grokking", _grokking(t, r, last))
+        if "noise" in probes:
+            store.write_result(run, s, "noise", _noise(t, r))
+        if "connectivity" in probes and last:
+            store.write_result(run, s, "connectivity", _connectivity(r))
     if error:
         store.write_error(run, steps[-1], "hessian", "Lanczos did not converge (synthetic error)")
     return steps

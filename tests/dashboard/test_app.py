@@ -127,6 +127,7 @@ def test_inactive_tabs_and_unchanged_data_do_not_redraw(app):
     ("sharpness", ["sharpness-measures"]),
     ("collapse", ["collapse-measures"]),
     ("grokking", ["grokking-diagnostics"]),
+    ("dynamics", ["dynamics-noise", "dynamics-connectivity"]),
 ])
 def test_every_tab_draws_figures_with_data(app, tab, graphs):
     tokens, steps, index = first_view(app)
@@ -207,6 +208,31 @@ def test_per_checkpoint_views_of_hessian_and_collapse(app):
     assert "step 200" in cosine.layout.title.text
 
 
+def test_hessian_tab_shows_the_preconditioned_sharpness_only_when_a_run_has_it(app):
+    tokens, _, _ = first_view(app)
+    figure, style, fingerprint = app.callbacks.hessian_preconditioned("hessian", RUNS, tokens, None)
+    assert style == {} and [t.name for t in figure.data] == ["adam · λmax(P⁻¹H)", "adam · threshold", "adam · λmax(H)"]
+    stored = app.catalog.stores[0].scalars(run="adam", probe="sharpness", keys=["preconditioned_threshold"])
+    np.testing.assert_allclose(figure.data[1].y, stored.sort_values("step")["value"])
+    with pytest.raises(PreventUpdate):
+        app.callbacks.hessian_preconditioned("hessian", RUNS, tokens, fingerprint)
+    _, hidden, _ = app.callbacks.hessian_preconditioned("hessian", ["sgd"], tokens, None)  # an SGD run: no P
+    assert hidden == {"display": "none"}
+
+
+def test_dynamics_tab_shows_noise_over_steps_and_the_latest_connectivity(app):
+    tokens, _, _ = first_view(app)
+    noise, connectivity, notice, *_ = app.callbacks.dynamics("dynamics", RUNS, tokens, None)
+    assert {t.name for t in noise.data} == {"sgd · B_simple", "sgd · B_noise", "adam · B_simple", "adam · B_noise"}
+    stored = app.catalog.stores[0].arrays("sgd", 400, "connectivity")
+    curve = next(t for t in connectivity.data if t.name == "sgd · trained curve")
+    np.testing.assert_array_equal(curve.y, stored["curve_loss"])
+    assert notice == []
+    cb = app.callbacks
+    frame = _csv(cb.download("dynamics", 1, RUNS, "sgd", 0, [0], "loss", "random", tokens))
+    assert set(frame["probe"]) == {"noise", "connectivity"}
+
+
 def test_a_probe_missing_from_the_store_is_explained(tmp_path):
     path = tmp_path / "metrics-only.sqlite"
     with Store(path) as store:
@@ -222,6 +248,8 @@ def test_a_probe_missing_from_the_store_is_explained(tmp_path):
         for tab in ("sharpness", "collapse"):
             out = getattr(app.callbacks, tab)(tab, ["only"], tokens, None)
             assert f"No {tab} results in this run yet" in "".join(str(n) for n in out[1])
+        out = app.callbacks.dynamics("dynamics", ["only"], tokens, None)
+        assert "No noise or connectivity results in this run yet" in "".join(str(n) for n in out[2])
         _, _, notice, *_ = app.callbacks.landscape("landscape", ["only"], "only", 0, [0, 100, 200], "loss", "random",
                                                    "slice", tokens, None)
         assert "No slices results in this run yet" in "".join(str(n) for n in notice)

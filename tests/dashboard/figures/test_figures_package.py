@@ -18,6 +18,8 @@ PUBLIC = {
     "hessian_eigenvalues_figure", "hessian_trace_figure", "interpolation_curves", "run_colors", "sc_onset",
     "sharpness_figure", "slice_curves", "slice_figure", "spectral_density_figure", "spectrogram_figure",
     "surface_figure", "training_curves_figure",
+    # training dynamics beyond SGD
+    "connectivity_figure", "noise_scale_figure", "preconditioned_sharpness_figure",
 }
 
 
