@@ -20,7 +20,8 @@ Per layer (a module's own parameters together), ``snr = |G_l|² / tr Σ_l``: the
 one sample's gradient for that layer; a batch of B gives B·snr, and ``1/snr`` is the layer's B_simple.
 
 Per-sample gradients come from ``torch.func`` (``vmap`` over ``grad`` of ``functional_call`` on one
-sample at a time), in chunks of ``chunk_size`` samples, so memory is ``chunk_size × parameters``; the
+sample at a time; a model or loss vmap cannot batch falls back to a loop of single-sample backward passes),
+in chunks of ``chunk_size`` samples, so memory is ``chunk_size × parameters``; the
 chunks' means and scatter are merged with the pairwise update of Chan et al., in float64, which avoids the
 cancellation of ``(1/N) Σ|g_i|² − |G|²``. The model runs in eval mode (BatchNorm uses its running
 statistics, so each sample's loss is its own), and the loss must be the mean of the per-sample losses
@@ -56,21 +57,48 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def per_sample_gradients(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                         params: ParamSelector = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                         params: ParamSelector = None, *,
+                         vectorize: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each sample's loss gradient (``[n, *shape]`` per selected parameter) and its loss ``[n]``.
 
     Sample i's loss is ``loss_fn(model(x[i:i+1]), y[i:i+1])``; the model runs as it is (call it in eval
-    mode for BatchNorm to use running statistics).
+    mode for BatchNorm to use running statistics). ``vectorize`` uses ``torch.func.vmap``; a model or loss
+    that vmap cannot batch (data-dependent control flow, ``.item()``) is done one sample at a time instead.
     """
+    selected = select_parameters(model, params)
+    if vectorize:
+        try:
+            return _vmapped(model, loss_fn, x, y, selected)
+        except RuntimeError as error:
+            if "vmap" not in str(error) and "batching rule" not in str(error):
+                raise
+    return _looped(model, loss_fn, x, y, selected)
+
+
+def _vmapped(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+             selected: Mapping[str, nn.Parameter]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     from torch.func import functional_call, grad_and_value, vmap
 
-    selected = {name: p.detach() for name, p in select_parameters(model, params).items()}
+    theta0 = {name: p.detach() for name, p in selected.items()}
 
     def loss_one(theta: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return check_scalar_loss(loss_fn(functional_call(model, theta, (xi.unsqueeze(0),)), yi.unsqueeze(0)))
 
-    grads, losses = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))(selected, x, y)
+    grads, losses = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))(theta0, x, y)
     return {name: g.detach() for name, g in grads.items()}, losses.detach()
+
+
+def _looped(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+            selected: Mapping[str, nn.Parameter]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    rows: list[tuple[torch.Tensor, ...]] = []
+    losses = []
+    with torch.enable_grad():
+        for i in range(int(x.shape[0])):
+            loss = check_scalar_loss(loss_fn(model(x[i: i + 1]), y[i: i + 1]))
+            rows.append(torch.autograd.grad(loss, list(selected.values()), allow_unused=True, materialize_grads=True))
+            losses.append(loss.detach())
+    grads = {name: torch.stack([row[k] for row in rows]) for k, name in enumerate(selected)}
+    return grads, torch.stack(losses)
 
 
 class _Moments:
@@ -159,11 +187,20 @@ def _accumulate(model: nn.Module, loss_fn: LossFn, batches: Batches, names: list
     moments = _Moments()
     forms: list[float] = []
     offset = 0
+    vectorize = True
     with eval_mode(model):
         for index, (x, y) in enumerate(batches):
             for start in range(0, int(x.shape[0]), chunk):
                 xs, ys = x[start: start + chunk], y[start: start + chunk]
-                grads, losses = per_sample_gradients(model, loss_fn, xs, ys, names)
+                if vectorize:
+                    try:
+                        grads, losses = _vmapped(model, loss_fn, xs, ys, select_parameters(model, names))
+                    except RuntimeError as error:
+                        if "vmap" not in str(error) and "batching rule" not in str(error):
+                            raise
+                        vectorize = False  # this model or loss cannot be batched by vmap: one sample at a time
+                if not vectorize:
+                    grads, losses = _looped(model, loss_fn, xs, ys, select_parameters(model, names))
                 if index == 0 and start == 0:
                     _check_per_sample_mean(model, loss_fn, xs, ys, losses)
                 if not bool(torch.isfinite(losses).all()):

@@ -28,3 +28,24 @@ def test_analyze_checkpoints_example(tmp_path):
                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "0 result(s) computed, 16 reused" in again.stdout
+
+
+def test_adaptive_dynamics_example(tmp_path):
+    script = ROOT / "examples" / "adaptive_dynamics.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path / "dyn")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "with 0 probe error(s)" in done.stdout
+    with Store(tmp_path / "dyn" / "dynamics.sqlite", readonly=True) as store:
+        sharp = store.scalars(run="adam", probe="sharpness", keys=["lambda_max_preconditioned", "preconditioned_threshold"])
+        noise = store.scalars(run="adam", probe="noise", keys=["b_simple", "b_noise"])
+        connectivity = store.scalars(run="connectivity", probe="connectivity")
+    thresholds = sharp[sharp.key == "preconditioned_threshold"]["value"].to_numpy()
+    assert len(thresholds) == 3 and abs(thresholds - 38 / 1e-3).max() <= 1e-9 * 38 / 1e-3  # (2 + 2β₁)/((1 − β₁)η)
+    assert (sharp[sharp.key == "lambda_max_preconditioned"]["value"] > 0).all()
+    assert sorted(noise["step"].unique()) == [20, 40, 60]
+    assert set(connectivity["key"]) == {"line_barrier", "curve_barrier", "aligned_line_barrier"}
+    printed = {line.split()[0]: float(line.split()[-1]) for line in done.stdout.splitlines()
+               if line.strip().startswith(("straight", "trained")) and "(" not in line}
+    stored = dict(zip(connectivity["key"], connectivity["value"]))
+    assert abs(printed["trained"] - stored["curve_barrier"]) <= 5e-5

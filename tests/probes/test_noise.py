@@ -145,6 +145,32 @@ def test_b_noise_equals_the_exact_hessian_computation():
     assert subset["trace_hessian_cov"] == pytest.approx(forms[chosen].mean() - ghg, rel=1e-9)
 
 
+class OneHotMSE(nn.Module):
+    """Squared error on one-hot targets: ``one_hot`` reads its input's values, which vmap cannot batch."""
+
+    def forward(self, outputs, targets):
+        return nn.functional.mse_loss(outputs, nn.functional.one_hot(targets, 3).to(outputs.dtype))
+
+
+def test_a_loss_vmap_cannot_batch_falls_back_to_a_loop():
+    model = mlp()
+    x, y = data()
+    with pytest.raises(RuntimeError, match="vmap"):  # what the fallback is for
+        noise._vmapped(model, OneHotMSE(), x, y, dict(model.named_parameters()))
+    looped, _ = noise.per_sample_gradients(model, OneHotMSE(), x, y)
+    assert looped["0.weight"].shape == (len(x), 5, 4)
+    model.eval()
+    rows = []
+    for i in range(len(x)):
+        loss = OneHotMSE()(model(x[i: i + 1]), y[i: i + 1])
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]).numpy())
+    rows = np.stack(rows)
+    mean = rows.mean(axis=0)
+    got = noise.gradient_noise(model, OneHotMSE(), unequal(x, y), chunk_size=6)
+    assert got["trace_cov"] == pytest.approx(float(((rows - mean) ** 2).sum(axis=1).mean()), rel=1e-10)
+    assert got["grad_norm_sq"] == pytest.approx(float(mean @ mean), rel=1e-10)
+
+
 def test_dict_batches_and_bad_losses():
     model = mlp()
     x, y = data()
