@@ -34,7 +34,7 @@ from torch import nn
 from landscape.callbacks import Monitor
 from landscape.demo import make_data
 from landscape.store import Store
-from probes.connectivity import bezier_curve, linear_path, weight_matching
+from probes.connectivity import align, bezier_curve, linear_path
 
 
 class OneHotMSE(nn.Module):
@@ -92,15 +92,14 @@ def connectivity_run(store: Store, epochs: int, curve_steps: int, n_points: int)
     x, y = data["train"]
     a, b = sgd_solution(1, epochs, x, y), sgd_solution(2, epochs, x, y)
     loss_fn = nn.CrossEntropyLoss()
-    aligned = weight_matching(a, b, data=(x, y))
-    after = linear_path(a, aligned.model, loss_fn, (x, y), n_points=n_points)
+    realigned = align(a, b, loss_fn, (x, y), n_points=n_points)
     curve = bezier_curve(a, b, loss_fn, (x, y), steps=curve_steps, lr=0.05, batch_size=128, n_points=n_points)
-    test = bezier_curve(a, b, loss_fn, (x, y), steps=0, n_points=n_points, eval_data=data["test"])
+    test = linear_path(a, b, loss_fn, (x, y), n_points=n_points, eval_data=data["test"])
     store.add_run("connectivity", {"label": "two SGD solutions: line, Bézier curve, aligned line"})
-    store.write_result("connectivity", 0, "connectivity", curve.to_result(aligned=after))
-    return {"line": curve.line_barrier, "curve": curve.curve_barrier, "aligned": after.barrier,
+    store.write_result("connectivity", 0, "connectivity", curve.to_result(aligned=realigned.after))
+    return {"line": curve.line_barrier, "curve": curve.curve_barrier, "aligned": realigned.after.barrier,
             "loss_a": float(curve.line_loss[0]), "loss_b": float(curve.line_loss[-1]),
-            "test_line": test.line_barrier, "sweeps": float(aligned.n_sweeps)}
+            "test_line": test.barrier, "sweeps": float(realigned.alignment.n_sweeps)}
 
 
 def report(store: Store, lr: float) -> None:

@@ -46,8 +46,9 @@ from landscape.evaluate import LossFn, check_scalar_loss, evaluate
 from landscape.probe import Result
 from probes.rebasin import Alignment, check_same_architecture, permutation_spec, permute, weight_matching
 
-__all__ = ["Alignment", "Connectivity", "PathLoss", "barrier", "bezier_curve", "check_same_architecture",
-           "curve_point", "linear_path", "permutation_spec", "permute", "polygonal_chain", "weight_matching"]
+__all__ = ["Alignment", "Connectivity", "PathLoss", "Realignment", "align", "barrier", "bezier_curve",
+           "check_same_architecture", "curve_point", "linear_path", "permutation_spec", "permute", "polygonal_chain",
+           "weight_matching"]
 
 CURVES = ("bezier", "polychain")
 Named = dict[str, torch.Tensor]
@@ -277,6 +278,25 @@ def bezier_curve(
                         line_loss=on_line.loss, line_accuracy=on_line.accuracy, curve_barrier=on_curve.barrier,
                         line_barrier=on_line.barrier, control=control, train_loss=history, train_t=drawn,
                         params=params)
+
+
+@dataclass(frozen=True)
+class Realignment:
+    """Model B aligned to model A (:func:`weight_matching`) and the straight line A → B before and after."""
+
+    alignment: Alignment
+    before: PathLoss
+    after: PathLoss
+
+
+def align(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFn, data: object, *, n_points: int = 21,
+          max_sweeps: int = 100, seed: int = 0, eval_data: object | None = None) -> Realignment:
+    """Permute B's hidden units to match A (Git Re-Basin weight matching, checked to keep B's function on
+    ``data``) and measure the straight-line barrier before and after; ``alignment.model`` is the aligned B."""
+    alignment = weight_matching(model_a, model_b, max_sweeps=max_sweeps, seed=seed, data=data)
+    before = linear_path(model_a, model_b, loss_fn, data, n_points=n_points, eval_data=eval_data)
+    after = linear_path(model_a, alignment.model, loss_fn, data, n_points=n_points, eval_data=eval_data)
+    return Realignment(alignment, before, after)
 
 
 def polygonal_chain(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFn, data: object,

@@ -65,14 +65,25 @@ def per_sample_gradients(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: 
     mode for BatchNorm to use running statistics). ``vectorize`` uses ``torch.func.vmap``; a model or loss
     that vmap cannot batch (data-dependent control flow, ``.item()``) is done one sample at a time instead.
     """
-    selected = select_parameters(model, params)
-    if vectorize:
-        try:
-            return _vmapped(model, loss_fn, x, y, selected)
-        except RuntimeError as error:
-            if "vmap" not in str(error) and "batching rule" not in str(error):
-                raise
-    return _looped(model, loss_fn, x, y, selected)
+    return _PerSample(model, loss_fn, select_parameters(model, params), vectorize)(x, y)
+
+
+class _PerSample:
+    """Per-sample gradients by vmap, or by a loop from the first chunk on which vmap fails for this model/loss."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, selected: Mapping[str, nn.Parameter],
+                 vectorize: bool = True) -> None:
+        self.model, self.loss_fn, self.selected, self.vectorize = model, loss_fn, selected, vectorize
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self.vectorize:
+            try:
+                return _vmapped(self.model, self.loss_fn, x, y, self.selected)
+            except RuntimeError as error:
+                if "vmap" not in str(error) and "batching rule" not in str(error):
+                    raise
+                self.vectorize = False
+        return _looped(self.model, self.loss_fn, x, y, self.selected)
 
 
 def _vmapped(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
@@ -187,20 +198,12 @@ def _accumulate(model: nn.Module, loss_fn: LossFn, batches: Batches, names: list
     moments = _Moments()
     forms: list[float] = []
     offset = 0
-    vectorize = True
+    gradients = _PerSample(model, loss_fn, select_parameters(model, names))
     with eval_mode(model):
         for index, (x, y) in enumerate(batches):
             for start in range(0, int(x.shape[0]), chunk):
                 xs, ys = x[start: start + chunk], y[start: start + chunk]
-                if vectorize:
-                    try:
-                        grads, losses = _vmapped(model, loss_fn, xs, ys, select_parameters(model, names))
-                    except RuntimeError as error:
-                        if "vmap" not in str(error) and "batching rule" not in str(error):
-                            raise
-                        vectorize = False  # this model or loss cannot be batched by vmap: one sample at a time
-                if not vectorize:
-                    grads, losses = _looped(model, loss_fn, xs, ys, select_parameters(model, names))
+                grads, losses = gradients(xs, ys)
                 if index == 0 and start == 0:
                     _check_per_sample_mean(model, loss_fn, xs, ys, losses)
                 if not bool(torch.isfinite(losses).all()):

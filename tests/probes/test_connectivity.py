@@ -201,12 +201,13 @@ def test_weight_matching_recovers_a_known_permutation(make, inputs):
 def test_alignment_lowers_the_barrier_between_two_solutions():
     x, y = data(80)
     a, b = fit(mlp(0, hidden=8), x, y, 400), fit(mlp(3, hidden=8), x, y, 400)
-    before = linear_path(a, b, nn.CrossEntropyLoss(), (x, y), n_points=11)
-    aligned = weight_matching(a, b, data=(x, y))
-    after = linear_path(a, aligned.model, nn.CrossEntropyLoss(), (x, y), n_points=11)
+    found = connectivity.align(a, b, nn.CrossEntropyLoss(), (x, y), n_points=11)
+    assert found.before.barrier == linear_path(a, b, nn.CrossEntropyLoss(), (x, y), n_points=11).barrier
     identity = sum(float((a.state_dict()[k] * b.state_dict()[k]).sum()) for k, _ in a.named_parameters())
-    assert aligned.objective >= identity  # coordinate ascent never lowers the matching objective
-    assert after.barrier < before.barrier
+    assert found.alignment.objective >= identity  # coordinate ascent never lowers the matching objective
+    assert found.after.barrier < found.before.barrier
+    shuffled, _ = randomly_permuted(a, seed=2)
+    assert abs(connectivity.align(a, shuffled, nn.CrossEntropyLoss(), (x, y), n_points=5).after.barrier) <= 1e-12
 
 
 class Unordered(nn.Module):
