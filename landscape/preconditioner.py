@@ -157,6 +157,10 @@ class _Entry:
 
 def _live_entries(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[_Entry]:
     names = {id(p): n for n, p in model.named_parameters()}
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if held and not any(id(p) in names for p in held):
+        raise OptimizerStateError(f"optimizer {type(optimizer).__name__} holds none of this model's parameters "
+                                  "(it was built for another model, or for a copy of it).")
     entries = []
     for group in optimizer.param_groups:
         for p in group["params"]:

@@ -187,6 +187,8 @@ def test_bad_optimizers_get_one_sentence_naming_the_class():
     feed(other, adam, gradients(other, 1))
     with pytest.raises(OptimizerStateError, match=r"covers 2 parameter tensors but the model has 4"):
         read_preconditioner(model, adam.state_dict())
+    with pytest.raises(OptimizerStateError, match=r"^optimizer Adam holds none of this model's parameters"):
+        read_preconditioner(model, adam)
     with pytest.raises(OptimizerStateError, match=r"learning rate must be a positive"):
         stability_threshold("Adam", 0.0, beta1=0.9)
     assert math.isclose(stability_threshold("adagrad", 0.5), 4.0)
