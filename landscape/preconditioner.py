@@ -273,6 +273,7 @@ def read_preconditioner(
     if isinstance(optimizer, SavedOptimizer):
         layout, saved_type, optimizer = optimizer.layout, optimizer.type_name, optimizer.state_dict
     if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = _unwrapped(optimizer)
         live_kind = next((k for k in KINDS if type(optimizer).__name__ == k), None)
         live_kind = live_kind or next((k for k in ("AdamW", "Adam", "RMSprop", "Adagrad")
                                        if isinstance(optimizer, getattr(torch.optim, k))), None)
@@ -289,6 +290,19 @@ def read_preconditioner(
     else:
         raise TypeError(f"optimizer must be a torch.optim.Optimizer or its state dict, got {type(optimizer).__name__}.")
     return _build(model, kind, label, entries, bias_correction1)
+
+
+def _unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer`` keeps it in ``.optimizer``)."""
+    supported = tuple(getattr(torch.optim, k) for k in KINDS)
+    for _ in range(4):
+        if isinstance(optimizer, supported):
+            break
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
 
 
 def _build(model: nn.Module, kind: str, label: str, entries: list[_Entry], bias_correction1: bool) -> Preconditioner:

@@ -137,6 +137,22 @@ def test_state_dict_and_saved_forms_equal_the_live_optimizer():
     assert torch.equal(by_name.diagonal["2.bias"], live.diagonal["2.bias"])
 
 
+class Wrapped(torch.optim.Optimizer):
+    """Like accelerate's AcceleratedOptimizer: a torch optimizer that keeps the real one in ``.optimizer``."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.optimizer = inner
+
+
+def test_a_wrapped_optimizer_is_read_through_its_wrapper():
+    model = tiny()
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
+    feed(model, optimizer, gradients(model, 2))
+    wrapped = read_preconditioner(model, Wrapped(optimizer))
+    assert wrapped.optimizer == "RMSprop"
+    assert torch.equal(wrapped.diagonal["0.weight"], read_preconditioner(model, optimizer).diagonal["0.weight"])
+
+
 class WithNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
