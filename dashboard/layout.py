@@ -8,6 +8,7 @@ from typing import Any
 from dash import dcc, html
 
 from dashboard.data import Catalog
+from dashboard.figures._style import compact_step
 from dashboard.views import TAB_LABELS, TABS
 
 POLL_MS = 2000          # how often the page asks the stores whether they changed
@@ -56,21 +57,18 @@ def _graph(graph_id: str, *, height: int = 420) -> dcc.Graph:
 
 
 def slider_marks(steps: Sequence[int]) -> dict[int, str]:
-    """At most ``MAX_SLIDER_MARKS`` evenly spaced marks (slider positions are checkpoint indices)."""
+    """At most ``MAX_SLIDER_MARKS`` evenly spaced marks (slider positions are checkpoint indices), so the
+    labels stay readable at hundreds of checkpoints; the first and last are always marked. Labels are short
+    (``19.9k``) unless two of them would read the same (``10k`` for 10,000 and 10,020): then all are exact."""
     n = len(steps)
     if n == 0:
         return {}
     count = min(n, MAX_SLIDER_MARKS)
     indices = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)})
-    return {int(i): _compact(steps[i]) for i in indices}
-
-
-def _compact(step: int) -> str:
-    if step >= 1_000_000:
-        return f"{step / 1e6:.3g}M"
-    if step >= 10_000:
-        return f"{step / 1e3:.3g}k"
-    return f"{step:,}"
+    labels = [compact_step(int(steps[i])) for i in indices]
+    if len(set(labels)) < len(labels):
+        labels = [f"{int(steps[i]):,}" for i in indices]
+    return {int(i): label for i, label in zip(indices, labels)}
 
 
 def _tab(tab: str) -> dcc.Tab:

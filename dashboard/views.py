@@ -147,6 +147,34 @@ def surface(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: in
     return View([_graph_uirevision(fig, f"surface-{ref.key}-{metric}")], notice, True, fingerprint)
 
 
+def pca_step(catalog: Catalog, ref: RunRef, tokens: Tokens | None) -> int | None:
+    """The step whose ``slices`` result holds the run's PCA plane and path (its last checkpoint), or None."""
+    steps = catalog.steps(ref, "slices", tokens)
+    if not steps or "pca_x" not in catalog.arrays(ref, "slices", steps[-1], tokens, keys=["pca_x"]):
+        return None
+    return steps[-1]
+
+
+def trajectory(catalog: Catalog, tokens: Tokens | None, focus: str | None, metric: str = "loss",
+               previous: str | None = None, *, max_frames: int = figures.trajectory.MAX_FRAMES) -> View | None:
+    """The focus run's training path added checkpoint by checkpoint over the PCA plane (an animation)."""
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None:
+        return _no_runs_view()
+    fingerprint = _fp(catalog, [ref], ["slices"], tokens, "trajectory", metric)
+    if fingerprint == previous:
+        return None
+    last = pca_step(catalog, ref, tokens)
+    if last is None:
+        notice = ("No trajectory yet: the slices probe stores the PCA plane and the path with the last checkpoint "
+                  "once a run has at least three.")
+        return View([figures.empty_figure(notice, title="Training path on the PCA plane")], notice, False, fingerprint)
+    arrays = catalog.arrays(ref, "slices", last, tokens, keys=["pca_x", "pca_y", f"pca_{metric}", *_PATH_KEYS])
+    title = f"{ref.key} — training path on the PCA plane (computed at step {last:,}); ▶ Play adds it step by step"
+    fig = figures.trajectory_animation_figure(arrays, metric=metric, title=title, max_frames=max_frames)
+    return View([_graph_uirevision(fig, f"trajectory-{ref.key}-{metric}")], None, len(fig.data) > 0, fingerprint)
+
+
 def slices_1d(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: int | None,
               previous: str | None = None, line: str = "slice") -> View | None:
     """The 1-D line of every selected run at its checkpoint nearest ``step``, overlaid: the slice along d₁
