@@ -18,20 +18,22 @@ MAX_SLIDER_MARKS = 8
 # Graph ids per tab, in page order; per-checkpoint graphs follow the checkpoint slider.
 TAB_GRAPHS = {
     "overview": ["overview-curves"],
-    "landscape": ["landscape-surface", "landscape-slice"],
+    "landscape": ["landscape-surface", "landscape-trajectory", "landscape-slice"],
     "hessian": ["hessian-eigenvalues", "hessian-trace", "hessian-density", "hessian-spectrogram"],
     "sharpness": ["sharpness-measures"],
     "collapse": ["collapse-measures", "collapse-cosine"],
     "grokking": ["grokking-diagnostics"],
+    "compare": ["compare-surface", "compare-density"],
 }
 # Views that follow the checkpoint slider inside a tab, redrawn on their own.
-_EXTRA_VIEWS = {"hessian": ("hessian-density",), "collapse": ("collapse-cosine",)}
+_EXTRA_VIEWS = {"landscape": ("landscape-trajectory",), "hessian": ("hessian-density",),
+                "collapse": ("collapse-cosine",)}
 _TAB_HELP = {
     "overview": "Loss and accuracy over training steps, from the training monitor and the metrics probe.",
     "landscape": "The loss surface around the selected checkpoint (along the slice directions d₁, d₂, random and "
                  "filter-normalized by default) or in the PCA plane of the training trajectory, and for every "
                  "selected run the 1-D slice through the checkpoint or the interpolation from its first "
-                 "checkpoint.",
+                 "checkpoint; below it the training path on the PCA plane (▶ Play adds it checkpoint by checkpoint).",
     "hessian": "Top Hessian eigenvalues against the 2/η edge of stability, the trace, and the spectral density "
                "(at the selected checkpoint, and over training for the focus run).",
     "sharpness": "Worst-case, average-case and first-order sharpness measures over training.",
@@ -39,6 +41,9 @@ _TAB_HELP = {
                 "cosine matrix at the selected checkpoint.",
     "grokking": "Train/test accuracy and loss, Softmax Collapse, NLM alignment and norms. Dashed lines: grokking "
                 "onset (test accuracy ≥ 95% of its best); dotted: SC onset (SC fraction > 1%).",
+    "compare": "Two runs, or two checkpoints of one run, side by side on one colour scale, with their difference "
+               "B − A: the loss surfaces along each checkpoint's directions d₁, d₂, and the Hessian spectral "
+               "densities.",
 }
 
 
@@ -105,11 +110,15 @@ def _tab(tab: str) -> dcc.Tab:
                 ]),
             ]),
         ])]
+    if tab == "compare":
+        from dashboard import compare  # it builds on this module
+
+        controls = compare.controls()
     if tab == "hessian":
         body = [html.Div(className="grid-2", children=[_graph(g) for g in graphs[:2]]),
                 html.Div(className="grid-2", children=[_graph(g) for g in graphs[2:]])]
     elif tab == "landscape":
-        body = [_graph(graphs[0], height=540), _graph(graphs[1])]
+        body = [_graph(graphs[0], height=540), _graph(graphs[1], height=560), _graph(graphs[2])]
     else:
         body = [_graph(g) for g in graphs]
     return dcc.Tab(label=TAB_LABELS[tab], value=tab, className="tab", selected_className="tab--selected",

@@ -195,5 +195,6 @@ def write_report(store_paths: Sequence[str | Path] | str | Path, out: str | Path
 
 def report_info_line(info: ReportInfo, seconds: float) -> str:
     """One line for the terminal: what was written and how big it is."""
-    return (f"wrote {info.path} ({info.bytes / 1e6:.1f} MB): {info.figures} figure(s) of {info.runs} run(s) "
+    size = f"{info.bytes / 1e6:.1f} MB" if info.bytes >= 1e6 else f"{info.bytes / 1e3:.0f} kB"
+    return (f"wrote {info.path} ({size}): {info.figures} figure(s) of {info.runs} run(s) "
             f"in {seconds:.1f} s")

@@ -17,12 +17,13 @@ import plotly.graph_objects as go
 from dashboard import figures
 from dashboard.data import MONITOR, Catalog, RunRef, Tokens
 
-TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking")
+TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking", "compare")
 TAB_LABELS = {"overview": "Overview", "landscape": "Landscape", "hessian": "Hessian", "sharpness": "Sharpness",
-              "collapse": "Collapse", "grokking": "Grokking"}
+              "collapse": "Collapse", "grokking": "Grokking", "compare": "Compare"}
 # The probes whose scalars each tab plots (and exports as CSV).
 TAB_PROBES = {"overview": ("metrics", MONITOR), "landscape": ("slices",), "hessian": ("hessian",),
-              "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics")}
+              "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics"),
+              "compare": ("slices", "hessian")}
 
 _SURFACE_KEYS = ("loss", "accuracy", "test_loss", "test_accuracy")
 _SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_test_accuracy",

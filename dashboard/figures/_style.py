@@ -96,7 +96,9 @@ def _tidy_log_axes(fig: go.Figure) -> None:
 
 
 def compact_step(step: int) -> str:
-    """A training step as a short label: ``950``, ``9,500``, ``95k``, ``1.2M`` (for slider ticks)."""
+    """A training step as a short label: ``950``, ``9,500``, ``95k``, ``1.2M``, ``3G`` (for slider ticks)."""
+    if step >= 1_000_000_000:
+        return f"{step / 1e9:.3g}G"
     if step >= 1_000_000:
         return f"{step / 1e6:.3g}M"
     if step >= 10_000:
@@ -192,7 +194,8 @@ def _publication_colors() -> dict[str, str]:
 
 
 def _recolor(value: Any, mapping: Mapping[str, str]) -> Any:
-    """``value`` (a figure's JSON tree) with every screen colour, hex or ``rgba()``, replaced by its mapping."""
+    """The parts of ``value`` (a figure element's JSON tree) that hold a screen colour, hex or ``rgba()``,
+    recoloured by ``mapping``: a nested dict of only those leaves (a list is returned whole), or None."""
     if isinstance(value, str):
         key = value.lower().replace(" ", "")
         if key in mapping:
@@ -203,12 +206,31 @@ def _recolor(value: Any, mapping: Mapping[str, str]) -> Any:
             hex_color = f"#{int(r):02x}{int(g):02x}{int(b):02x}"
             if hex_color in mapping:
                 return rgba(mapping[hex_color], float(alpha))
-        return value
+        return None
     if isinstance(value, dict):
-        return {k: _recolor(v, mapping) for k, v in value.items()}
+        changed = {k: c for k, v in value.items() if k != "template" and (c := _recolor(v, mapping)) is not None}
+        return changed or None
     if isinstance(value, (list, tuple)):
-        return [_recolor(v, mapping) for v in value]
-    return value
+        parts = [_recolor(v, mapping) for v in value]
+        if all(p is None for p in parts):
+            return None
+        return [_merge(v, p) for v, p in zip(value, parts)]
+    return None
+
+
+def _merge(original: Any, changed: Any) -> Any:
+    """``original`` with the recoloured leaves of ``changed`` put in."""
+    if changed is None:
+        return original
+    if isinstance(original, dict) and isinstance(changed, dict):
+        return {k: _merge(v, changed.get(k)) for k, v in original.items()}
+    return changed
+
+
+def _restyle(element: Any, mapping: Mapping[str, str]) -> None:
+    changes = _recolor(element.to_plotly_json(), mapping)
+    if changes:
+        element.update(changes)
 
 
 def publication(fig: go.Figure) -> go.Figure:
@@ -216,8 +238,13 @@ def publication(fig: go.Figure) -> go.Figure:
     lines) and each screen-palette colour replaced by the Okabe–Ito colour of the same rank, so runs keep
     their order and the figure reads the same to colour-blind readers. Colour scales (Viridis, Cividis,
     Magma) are already perceptually uniform and colour-blind safe, and stay."""
-    tree = _recolor(fig.to_plotly_json(), _publication_colors())
-    styled = go.Figure(tree)
+    mapping = _publication_colors()
+    styled = go.Figure(fig)
+    for element in (*styled.data, styled.layout):
+        _restyle(element, mapping)
+    for frame in styled.frames:
+        for element in (*frame.data, frame.layout):
+            _restyle(element, mapping)
     styled.update_layout(template=PUBLICATION_TEMPLATE)
     styled.update_annotations(font_size=12)  # panel titles and notes, set at 16 by the screen layout
     return styled

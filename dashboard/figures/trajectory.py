@@ -117,13 +117,16 @@ def trajectory_animation_figure(arrays: Mapping[str, np.ndarray], *, metric: str
 
 def animation_frames(fig: go.Figure) -> list[go.Figure]:
     """One still figure per frame of an animated figure (its controls removed), for GIF or MP4 export."""
-    base = fig.to_plotly_json()
-    layout = {k: v for k, v in base["layout"].items() if k not in ("updatemenus", "sliders")}
-    layout["margin"] = {**layout.get("margin", {}), "b": 60}
+    layout = go.Layout(fig.layout)
+    layout.updatemenus, layout.sliders = (), ()
+    layout.margin.b = 60
     stills = []
-    for frame in base.get("frames", []):
-        data = [dict(trace) for trace in base["data"]]
-        for index, trace in zip(frame.get("traces") or range(len(frame["data"])), frame["data"]):
-            data[index] = {**data[index], **trace}
-        stills.append(go.Figure(data=data, layout={**layout, **frame.get("layout", {})}))
+    for frame in fig.frames:
+        data = [type(trace)(trace) for trace in fig.data]
+        for index, trace in zip(frame.traces or range(len(frame.data)), frame.data):
+            data[index] = type(trace)(trace)
+        still = go.Figure(data=data, layout=layout)
+        if frame.layout is not None:
+            still.update_layout(frame.layout)
+        stills.append(still)
     return stills

@@ -19,6 +19,9 @@ PUBLIC = {
     "sharpness_figure", "slice_curves", "slice_figure", "spectral_density_figure", "spectrogram_figure",
     "surface_figure", "training_curves_figure",
 }
+# Added with the sharing features: the publication style, the trajectory animation, comparison figures.
+PUBLIC |= {"OKABE_ITO", "PUBLICATION_TEMPLATE", "publication", "animation_frames", "trajectory_animation_figure",
+           "surface_comparison_figure", "density_comparison_figure"}
 
 
 def imported_modules(path: Path) -> set[str]:
