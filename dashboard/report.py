@@ -125,8 +125,9 @@ def _figures(section: Section, first: list[bool]) -> str:
         plot = pio.to_html(entry.figure, full_html=False, include_plotlyjs=first[0], div_id=div_id,
                            config=_FIGURE_CONFIG, default_width="100%")
         first[0] = False
+        animated = ' data-animated="1"' if entry.animated else ""
         parts.append(f'<div class="figure" data-run="{_e(section.key)}" data-probes="{_e(" ".join(entry.probes))}" '
-                     f'data-name="{_e(entry.name)}"{" data-animated=1" if entry.animated else ""}>{plot}</div>')
+                     f'data-name="{_e(entry.name)}"{animated}>{plot}</div>')
     parts += [f'<p class="notice">{_e(n)}</p>' for n in section.notices]
     return "".join(parts)
 

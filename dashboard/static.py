@@ -67,12 +67,13 @@ def render(figures: Sequence[go.Figure], paths: Sequence[Path], *, width: int, h
     try:
         pio.write_images(list(figures), [str(p) for p in paths], width=width, height=list(heights), scale=scale)
     except Exception as error:  # kaleido reports a missing or broken browser in several ways
-        text = f"{type(error).__name__}: {error}"
+        text = f"{type(error).__name__}: {error} {error.__context__ or ''}"
         if "chrome" in text.lower() or "browser" in text.lower():
+            said = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
             where = find_browser()
             hint = (f"kaleido could not use the browser at {where}" if where else
                     "kaleido needs Chrome or Chromium and found none (Debian: apt-get install chromium)")
-            raise ExportError(f"{hint}; set BROWSER_PATH=/path/to/chrome to choose one ({text.splitlines()[0]}).") from None
+            raise ExportError(f"{hint}; set BROWSER_PATH=/path/to/chrome to choose one (kaleido: {said})") from None
         raise
 
 
@@ -99,7 +100,8 @@ def export_images(store_paths: Sequence[str | Path] | str | Path, folder: str | 
     """Every figure of the stores as ``folder/<run>/<figure>.<fmt>`` (``all-runs/`` for the overlays).
 
     ``width`` and ``height`` are in layout pixels (``height`` defaults to each figure's own), ``scale``
-    multiplies them for PNG pixels (a PNG is ``width·scale × height·scale``).
+    multiplies them for PNG pixels (a PNG is ``width·scale × height·scale``; SVG and PDF, being vector
+    formats, keep ``width × height``).
     """
     if fmt not in IMAGE_FORMATS:
         raise ExportError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {fmt!r}.")
@@ -118,7 +120,7 @@ def export_images(store_paths: Sequence[str | Path] | str | Path, folder: str | 
     for target in paths:
         target.parent.mkdir(parents=True, exist_ok=True)
     if figures:
-        render(figures, paths, width=width, heights=heights, scale=scale)
+        render(figures, paths, width=width, heights=heights, scale=scale if fmt == "png" else 1)
     return paths
 
 
