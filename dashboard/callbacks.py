@@ -16,6 +16,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from dashboard import views
+from dashboard.compare import CompareCallbacks, register_compare
 from dashboard.data import Catalog
 from dashboard.layout import MAX_INITIAL_RUNS, TAB_GRAPHS, checkpoint_label, slider_marks, summary_cards
 from dashboard.views import TABS, View
@@ -146,6 +147,13 @@ class Callbacks:
         return (surface.figures[0] if surface else no_update, line.figures[0] if line else no_update,
                 notice_children(notice), _SHOWN if notice else _HIDDEN, _SHOWN if has_data else _HIDDEN, fingerprint)
 
+    def trajectory(self, tab: str, focus: str | None, metric: str | None, tokens: list,
+                   previous: str | None) -> tuple[Any, ...]:
+        """The focus run's training path on the PCA plane (train metrics only: the plane holds no test grid)."""
+        self._active(tab, "landscape")
+        view = views.trajectory(self.catalog, tokens, focus, (metric or "loss").removeprefix("test_"), previous)
+        return self._emit(view, with_notice=False)
+
     def hessian(self, tab: str, selected: list[str], focus: str | None, tokens: list,
                 previous: str | None) -> tuple[Any, ...]:
         self._active(tab, "hessian")
@@ -234,9 +242,13 @@ def register(app: dash.Dash, cb: Callbacks) -> None:
 
     app.callback(*_view_outputs("overview", TAB_GRAPHS["overview"], "overview-fingerprint"),
                  tab, runs, tokens, fingerprint("overview-fingerprint"))(cb.overview)
-    app.callback(*_view_outputs("landscape", TAB_GRAPHS["landscape"], "landscape-fingerprint"),
+    app.callback(*_view_outputs("landscape", ["landscape-surface", "landscape-slice"], "landscape-fingerprint"),
                  tab, runs, focus, index, steps, Input("surface-metric", "value"), Input("surface-plane", "value"),
                  Input("slice-line", "value"), tokens, fingerprint("landscape-fingerprint"))(cb.landscape)
+    app.callback(*_view_outputs("landscape", ["landscape-trajectory"], "landscape-trajectory-fingerprint",
+                                with_notice=False),
+                 tab, focus, Input("surface-metric", "value"), tokens,
+                 fingerprint("landscape-trajectory-fingerprint"))(cb.trajectory)
     app.callback(*_view_outputs("hessian", ["hessian-eigenvalues", "hessian-trace", "hessian-spectrogram"],
                                 "hessian-fingerprint"),
                  tab, runs, focus, tokens, fingerprint("hessian-fingerprint"))(cb.hessian)
@@ -256,7 +268,8 @@ def register(app: dash.Dash, cb: Callbacks) -> None:
     app.callback(*_view_outputs("dynamics", TAB_GRAPHS["dynamics"], "dynamics-fingerprint"),
                  tab, runs, tokens, fingerprint("dynamics-fingerprint"))(cb.dynamics)
 
-    for name in TABS:
+    register_compare(app, CompareCallbacks(cb.catalog))
+    for name in (t for t in TABS if t != "compare"):  # the Compare tab downloads its own grids
         def download(n_clicks: int | None, selected: list[str], focus_key: str | None, index_value: int | None,
                      steps_value: list[int], metric: str | None, plane: str | None, tokens_value: list,
                      _tab: str = name) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from dash import dcc, html
 
 from dashboard.data import Catalog
+from dashboard.figures._style import compact_step
 from dashboard.views import TAB_LABELS, TABS
 
 POLL_MS = 2000          # how often the page asks the stores whether they changed
@@ -17,22 +18,24 @@ MAX_SLIDER_MARKS = 8
 # Graph ids per tab, in page order; per-checkpoint graphs follow the checkpoint slider.
 TAB_GRAPHS = {
     "overview": ["overview-curves"],
-    "landscape": ["landscape-surface", "landscape-slice"],
+    "landscape": ["landscape-surface", "landscape-trajectory", "landscape-slice"],
     "hessian": ["hessian-eigenvalues", "hessian-trace", "hessian-density", "hessian-spectrogram",
                 "hessian-preconditioned"],
     "sharpness": ["sharpness-measures"],
     "collapse": ["collapse-measures", "collapse-cosine"],
     "grokking": ["grokking-diagnostics"],
     "dynamics": ["dynamics-noise", "dynamics-connectivity"],
+    "compare": ["compare-surface", "compare-density"],
 }
 # Views that follow the checkpoint slider inside a tab, redrawn on their own.
-_EXTRA_VIEWS = {"hessian": ("hessian-density", "hessian-preconditioned"), "collapse": ("collapse-cosine",)}
+_EXTRA_VIEWS = {"landscape": ("landscape-trajectory",), "hessian": ("hessian-density", "hessian-preconditioned"),
+                "collapse": ("collapse-cosine",)}
 _TAB_HELP = {
     "overview": "Loss and accuracy over training steps, from the training monitor and the metrics probe.",
     "landscape": "The loss surface around the selected checkpoint (along the slice directions d₁, d₂, random and "
                  "filter-normalized by default) or in the PCA plane of the training trajectory, and for every "
                  "selected run the 1-D slice through the checkpoint or the interpolation from its first "
-                 "checkpoint.",
+                 "checkpoint; below it the training path on the PCA plane (▶ Play adds it checkpoint by checkpoint).",
     "hessian": "Top Hessian eigenvalues against the 2/η edge of stability, the trace, and the spectral density "
                "(at the selected checkpoint, and over training for the focus run); for adaptive optimizers, when "
                "their state was recorded, the preconditioned sharpness λmax(P⁻¹H) against its threshold (38/η "
@@ -45,6 +48,9 @@ _TAB_HELP = {
     "dynamics": "The gradient noise scale B_simple = tr Σ/|G|² and B_noise = tr(HΣ)/GᵀHG over training (the "
                 "critical batch size), and mode connectivity: the loss along a trained curve between two models "
                 "against the straight line, before and after permutation alignment.",
+    "compare": "Two runs, or two checkpoints of one run, side by side on one colour scale, with their difference "
+               "B − A: the loss surfaces along each checkpoint's directions d₁, d₂, and the Hessian spectral "
+               "densities.",
 }
 
 
@@ -63,21 +69,18 @@ def _graph(graph_id: str, *, height: int = 420) -> dcc.Graph:
 
 
 def slider_marks(steps: Sequence[int]) -> dict[int, str]:
-    """At most ``MAX_SLIDER_MARKS`` evenly spaced marks (slider positions are checkpoint indices)."""
+    """At most ``MAX_SLIDER_MARKS`` evenly spaced marks (slider positions are checkpoint indices), so the
+    labels stay readable at hundreds of checkpoints; the first and last are always marked. Labels are short
+    (``19.9k``) unless two of them would read the same (``10k`` for 10,000 and 10,020): then all are exact."""
     n = len(steps)
     if n == 0:
         return {}
     count = min(n, MAX_SLIDER_MARKS)
     indices = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)})
-    return {int(i): _compact(steps[i]) for i in indices}
-
-
-def _compact(step: int) -> str:
-    if step >= 1_000_000:
-        return f"{step / 1e6:.3g}M"
-    if step >= 10_000:
-        return f"{step / 1e3:.3g}k"
-    return f"{step:,}"
+    labels = [compact_step(int(steps[i])) for i in indices]
+    if len(set(labels)) < len(labels):
+        labels = [f"{int(steps[i]):,}" for i in indices]
+    return {int(i): label for i, label in zip(indices, labels)}
 
 
 def _tab(tab: str) -> dcc.Tab:
@@ -114,6 +117,10 @@ def _tab(tab: str) -> dcc.Tab:
                 ]),
             ]),
         ])]
+    if tab == "compare":
+        from dashboard import compare  # it builds on this module
+
+        controls = compare.controls()
     if tab == "hessian":
         body = [html.Div(className="grid-2", children=[_graph(g) for g in graphs[:2]]),
                 html.Div(className="grid-2", children=[_graph(g) for g in graphs[2:4]]),
@@ -122,7 +129,7 @@ def _tab(tab: str) -> dcc.Tab:
     elif tab == "dynamics":
         body = [html.Div(className="grid-2", children=[_graph(g) for g in graphs])]
     elif tab == "landscape":
-        body = [_graph(graphs[0], height=540), _graph(graphs[1])]
+        body = [_graph(graphs[0], height=540), _graph(graphs[1], height=560), _graph(graphs[2])]
     else:
         body = [_graph(g) for g in graphs]
     return dcc.Tab(label=TAB_LABELS[tab], value=tab, className="tab", selected_className="tab--selected",

@@ -17,13 +17,13 @@ import plotly.graph_objects as go
 from dashboard import figures
 from dashboard.data import MONITOR, Catalog, RunRef, Tokens
 
-TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking", "dynamics")
+TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking", "dynamics", "compare")
 TAB_LABELS = {"overview": "Overview", "landscape": "Landscape", "hessian": "Hessian", "sharpness": "Sharpness",
-              "collapse": "Collapse", "grokking": "Grokking", "dynamics": "Dynamics"}
+              "collapse": "Collapse", "grokking": "Grokking", "dynamics": "Dynamics", "compare": "Compare"}
 # The probes whose scalars each tab plots (and exports as CSV).
 TAB_PROBES = {"overview": ("metrics", MONITOR), "landscape": ("slices",), "hessian": ("hessian",),
               "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics"),
-              "dynamics": ("noise", "connectivity")}
+              "dynamics": ("noise", "connectivity"), "compare": ("slices", "hessian")}
 
 _SURFACE_KEYS = ("loss", "accuracy", "test_loss", "test_accuracy")
 _SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_test_accuracy",
@@ -146,6 +146,34 @@ def surface(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: in
         title += f" (nearest to {int(step):,})"
     fig = figures.surface_figure(arrays, metric=metric, plane="random", title=title)
     return View([_graph_uirevision(fig, f"surface-{ref.key}-{metric}")], notice, True, fingerprint)
+
+
+def pca_step(catalog: Catalog, ref: RunRef, tokens: Tokens | None) -> int | None:
+    """The step whose ``slices`` result holds the run's PCA plane and path (its last checkpoint), or None."""
+    steps = catalog.steps(ref, "slices", tokens)
+    if not steps or "pca_x" not in catalog.arrays(ref, "slices", steps[-1], tokens, keys=["pca_x"]):
+        return None
+    return steps[-1]
+
+
+def trajectory(catalog: Catalog, tokens: Tokens | None, focus: str | None, metric: str = "loss",
+               previous: str | None = None, *, max_frames: int = figures.trajectory.MAX_FRAMES) -> View | None:
+    """The focus run's training path added checkpoint by checkpoint over the PCA plane (an animation)."""
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None:
+        return _no_runs_view()
+    fingerprint = _fp(catalog, [ref], ["slices"], tokens, "trajectory", metric)
+    if fingerprint == previous:
+        return None
+    last = pca_step(catalog, ref, tokens)
+    if last is None:
+        notice = ("No trajectory yet: the slices probe stores the PCA plane and the path with the last checkpoint "
+                  "once a run has at least three.")
+        return View([figures.empty_figure(notice, title="Training path on the PCA plane")], notice, False, fingerprint)
+    arrays = catalog.arrays(ref, "slices", last, tokens, keys=["pca_x", "pca_y", f"pca_{metric}", *_PATH_KEYS])
+    title = f"{ref.key} — training path on the PCA plane (computed at step {last:,}); ▶ Play adds it step by step"
+    fig = figures.trajectory_animation_figure(arrays, metric=metric, title=title, max_frames=max_frames)
+    return View([_graph_uirevision(fig, f"trajectory-{ref.key}-{metric}")], None, len(fig.data) > 0, fingerprint)
 
 
 def slices_1d(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], step: int | None,

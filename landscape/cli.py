@@ -1,4 +1,4 @@
-"""The ``landscape`` command: demo, analyze, dashboard, ls, export, probes."""
+"""The ``landscape`` command: demo, analyze, dashboard, report, ls, export, probes."""
 
 from __future__ import annotations
 
@@ -129,12 +129,144 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+TABLE_FORMATS = ("csv", "parquet")
+FIGURE_FORMATS = ("png", "svg", "pdf", "gif", "mp4", "vtk")
+
+
+def _writable_file(path: Path, what: str) -> None:
+    """Fail now, with one sentence, if ``path`` cannot be written (checked by opening it, then left as it was)."""
+    if path.is_dir():
+        raise CommandError(f"cannot write the {what} to {path}: it is a folder; give a file name such as "
+                           f"{path / 'report.html'}.")
+    if not path.parent.is_dir():
+        raise CommandError(f"cannot write the {what} to {path}: folder {path.parent} does not exist.")
+    existed = path.exists()
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise CommandError(f"cannot write the {what} to {path}: {error.strerror or error}.") from None
+    if not existed:
+        path.unlink()
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and check that files can be made in it; one sentence if not."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"cannot write the {what} to {folder}: it is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise CommandError(f"cannot write the {what} to {folder}: {error.strerror or error}.") from None
+
+
+def _open_stores(paths: Sequence[str]) -> None:
+    from landscape.store import Store
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise CommandError(f"store {path} does not exist.")
+        Store(path, readonly=True).close()  # a file that is no store fails here, with its name
+
+
+def _not_empty(path: str, what: str) -> None:
+    from landscape.store import Store
+
+    with Store(path, readonly=True) as store:
+        if store.results().empty:
+            raise CommandError(f"store {path} has no results to {what} yet; run `landscape analyze` or train with "
+                               "the Monitor callback first.")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    _writable_file(out, "report")
+    _open_stores(args.stores)
+    try:
+        from dashboard.report import report_info_line, write_report
+    except ImportError as error:
+        raise CommandError(f"the report cannot be made: {error}.") from None
+    started = time.perf_counter()
+    info = write_report(list(args.stores), out, metric=args.metric, title=args.title)
+    print(report_info_line(info, time.perf_counter() - started))
+    return EXIT_OK
+
+
+def _export_figures(args: argparse.Namespace, fmt: str) -> list[Path]:
+    folder = Path(args.figures)
+    if fmt == "vtk":
+        from landscape.vtk import export_surfaces
+
+        written = export_surfaces(args.store, folder)
+        if not written:
+            raise CommandError(f"store {args.store} has no 2-D slices grids to write as VTK; run "
+                               "`landscape analyze --probes slices` first.")
+        return written
+    try:
+        from dashboard import static
+    except ImportError as error:
+        raise CommandError(f"static figures cannot be made: {error}.") from None
+    options = dict(width=args.width, height=args.height, metric=args.metric)
+    try:
+        if fmt in static.ANIMATION_FORMATS:
+            written = static.export_animations([args.store], folder, fmt, scale=args.scale or 1.0, fps=args.fps,
+                                               **options)
+            if not written:
+                raise CommandError(f"no run in {args.store} has a trajectory to animate: the slices probe stores it "
+                                   "with the last checkpoint once a run has at least three.")
+            return written
+        written = static.export_images([args.store], folder, fmt, scale=args.scale or static.PUBLICATION_SCALE,
+                                       **options)
+    except static.ExportError as error:
+        raise CommandError(str(error)) from None
+    if not written:
+        raise CommandError(f"store {args.store} has no results to draw.")
+    return written
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from landscape.store import Store
 
-    out = Path(args.out or Path(args.store).with_suffix("").as_posix() + f"-{args.format}")
+    fmt = args.format
+    if args.figures is not None and args.tensorboard is not None:
+        raise CommandError("give one of --figures DIR and --tensorboard DIR per export.")
+    if args.figures is not None:
+        fmt = fmt or "png"
+        if fmt not in FIGURE_FORMATS:
+            raise CommandError(f"--format {fmt} is a table format; with --figures give one of {', '.join(FIGURE_FORMATS)}.")
+        _open_stores([args.store])
+        _not_empty(args.store, "draw")
+        _writable_folder(Path(args.figures), "figures")
+        started = time.perf_counter()
+        written = _export_figures(args, fmt)
+        print(f"wrote {len(written)} {fmt} file(s) to {args.figures} in {time.perf_counter() - started:.1f} s")
+        return EXIT_OK
+    if args.tensorboard is not None:
+        if fmt is not None:
+            raise CommandError("--tensorboard writes event files; leave out --format.")
+        _open_stores([args.store])
+        _not_empty(args.store, "write")
+        _writable_folder(Path(args.tensorboard), "TensorBoard logs")
+        try:
+            from landscape.callbacks.sinks import export_tensorboard
+
+            folders = export_tensorboard(args.store, args.tensorboard)
+        except ImportError as error:
+            raise CommandError(f"{error}") from None
+        if not folders:
+            raise CommandError(f"store {args.store} has no valid results to write.")
+        print(f"wrote TensorBoard event files of {len(folders)} run(s) to {args.tensorboard} "
+              f"(view with: tensorboard --logdir {args.tensorboard})")
+        return EXIT_OK
+    fmt = fmt or "csv"
+    if fmt not in TABLE_FORMATS:
+        raise CommandError(f"--format {fmt} is a figure format; give --figures DIR as well.")
+    out = Path(args.out or Path(args.store).with_suffix("").as_posix() + f"-{fmt}")
     with Store(args.store, readonly=True) as store:
-        written = store.export(out, args.format)
+        written = store.export(out, fmt)
     print(f"wrote {len(written)} file(s) to {out}")
     return EXIT_OK
 
@@ -144,12 +276,7 @@ def _serve(stores: Sequence[str], host: str, port: int, debug: bool) -> int:
         from dashboard import serve
     except ImportError as error:
         raise CommandError(f"the dashboard cannot start: {error}.") from None
-    from landscape.store import Store
-
-    for path in stores:
-        if not Path(path).is_file():
-            raise CommandError(f"store {path} does not exist.")
-        Store(path, readonly=True).close()  # a file that is no store fails here, with its name, not in the page
+    _open_stores(stores)  # a file that is no store fails here, with its name, not in the page
     print(f"dashboard on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
     serve(list(stores), host=host, port=port, debug=debug)
     return EXIT_OK
@@ -266,14 +393,32 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--debug", action="store_true", help="Dash debug mode (development only)")
     dash.set_defaults(func=cmd_dashboard)
 
+    report = sub.add_parser("report", help="write one self-contained HTML file with every figure of the stores")
+    report.add_argument("stores", nargs="+")
+    report.add_argument("-o", "--out", default="report.html", help="output file (default: ./report.html)")
+    report.add_argument("--title", help="the report's title")
+    report.add_argument("--metric", default="loss", choices=["loss", "accuracy", "test_loss", "test_accuracy"],
+                        help="what the surfaces and the trajectory show (default: loss)")
+    report.set_defaults(func=cmd_report)
+
     ls = sub.add_parser("ls", help="list what a store holds")
     ls.add_argument("store")
     ls.set_defaults(func=cmd_ls)
 
-    export = sub.add_parser("export", help="export a store's tables and arrays")
+    export = sub.add_parser("export", help="export a store's tables and arrays, its figures, or TensorBoard logs")
     export.add_argument("store")
-    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
-    export.add_argument("--out", help="output folder (default: next to the store)")
+    export.add_argument("--format", choices=[*TABLE_FORMATS, *FIGURE_FORMATS],
+                        help="tables: csv (default) or parquet; with --figures: png (default), svg, pdf, gif or mp4 "
+                             "(the trajectory animation), vtk (2-D surfaces for ParaView)")
+    export.add_argument("--out", help="tables: output folder (default: next to the store)")
+    export.add_argument("--figures", metavar="DIR", help="write every figure into DIR, one subfolder per run")
+    export.add_argument("--tensorboard", metavar="DIR", help="write the scalars as TensorBoard event files, one run per subfolder")
+    export.add_argument("--width", type=int, default=900, help="figure width in layout pixels (default 900)")
+    export.add_argument("--height", type=int, help="figure height in layout pixels (default: each figure's own)")
+    export.add_argument("--scale", type=float, help="pixels per layout pixel (default 2 for images, 1 for animations)")
+    export.add_argument("--fps", type=float, default=4.0, help="animation frames per second (default 4)")
+    export.add_argument("--metric", default="loss", choices=["loss", "accuracy", "test_loss", "test_accuracy"],
+                        help="what the surfaces and the trajectory show (default: loss)")
     export.set_defaults(func=cmd_export)
 
     listing = sub.add_parser("probes", help="list the registered probes and their parameters")

@@ -12,16 +12,29 @@ needs are missing it returns :func:`empty_figure` with a message instead of rais
 
 The package imports neither Dash nor any part of the core (it reads plain tables and arrays), so it stays
 light in a notebook. One module per subject: :mod:`.curves` (loss and accuracy over steps),
-:mod:`.surfaces` (landscape slices and interpolation), :mod:`.spectra` (Hessian eigenvalues, trace and
-spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse), :mod:`.grokking` and
-:mod:`.dynamics` (preconditioned sharpness, gradient noise scale, mode connectivity); the shared
-look lives in :mod:`._style` and the per-run series of a scalars table in :mod:`._series`.
+:mod:`.surfaces` (landscape slices and interpolation), :mod:`.trajectory` (the training path on the PCA
+plane, animated), :mod:`.compare` (two results side by side with their difference), :mod:`.spectra` (Hessian
+eigenvalues, trace and spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse),
+:mod:`.grokking` and :mod:`.dynamics` (preconditioned sharpness, gradient noise scale, mode
+connectivity); the shared look, and the publication style of static exports, live in :mod:`._style`
+and the per-run series of a scalars table in :mod:`._series`.
 """
 
 from __future__ import annotations
 
-from dashboard.figures._style import FONT, GRID, PALETTE, TEXT, empty_figure, run_colors
+from dashboard.figures._style import (
+    FONT,
+    GRID,
+    OKABE_ITO,
+    PALETTE,
+    PUBLICATION_TEMPLATE,
+    TEXT,
+    empty_figure,
+    publication,
+    run_colors,
+)
 from dashboard.figures.collapse import collapse_figure, cosine_matrix_figure
+from dashboard.figures.compare import density_comparison_figure, surface_comparison_figure
 from dashboard.figures.curves import training_curves_figure
 from dashboard.figures.dynamics import (
     connectivity_figure,
@@ -43,18 +56,23 @@ from dashboard.figures.spectra import (
     spectrogram_figure,
 )
 from dashboard.figures.surfaces import interpolation_curves, slice_curves, slice_figure, surface_figure
+from dashboard.figures.trajectory import animation_frames, trajectory_animation_figure
 
 __all__ = [
     "FONT",
     "GRID",
     "GROKKING_FRACTION",
+    "OKABE_ITO",
     "PALETTE",
+    "PUBLICATION_TEMPLATE",
     "SC_THRESHOLD",
     "SHARPNESS_MEASURES",
     "TEXT",
+    "animation_frames",
     "collapse_figure",
     "connectivity_figure",
     "cosine_matrix_figure",
+    "density_comparison_figure",
     "empty_figure",
     "grokking_figure",
     "grokking_onset",
@@ -63,6 +81,7 @@ __all__ = [
     "interpolation_curves",
     "noise_scale_figure",
     "preconditioned_sharpness_figure",
+    "publication",
     "run_colors",
     "sc_onset",
     "sharpness_figure",
@@ -70,6 +89,8 @@ __all__ = [
     "slice_figure",
     "spectral_density_figure",
     "spectrogram_figure",
+    "surface_comparison_figure",
     "surface_figure",
     "training_curves_figure",
+    "trajectory_animation_figure",
 ]

@@ -2,11 +2,15 @@
 
 One colour per run (:func:`run_colors`), train solid and test dashed (:data:`TRAIN_DASH`,
 :data:`TEST_DASH`), and :func:`finish` applies the template and readable log-axis ticks to a built figure.
+:func:`publication` restyles any built figure for a paper (:data:`PUBLICATION_TEMPLATE`, the Okabe–Ito
+palette): the one place the static exports take their look from.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -91,6 +95,17 @@ def _tidy_log_axes(fig: go.Figure) -> None:
             layout_axis.update(tickmode="array", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks])
 
 
+def compact_step(step: int) -> str:
+    """A training step as a short label: ``950``, ``9,500``, ``95k``, ``1.2M``, ``3G`` (for slider ticks)."""
+    if step >= 1_000_000_000:
+        return f"{step / 1e9:.3g}G"
+    if step >= 1_000_000:
+        return f"{step / 1e6:.3g}M"
+    if step >= 10_000:
+        return f"{step / 1e3:.3g}k"
+    return f"{step:,}"
+
+
 def colors_for(runs: Sequence[str], colors: Mapping[str, str] | None) -> dict[str, str]:
     """The colour of each run: the one given in ``colors`` where there is one, else its :func:`run_colors` one."""
     given = dict(colors or {})
@@ -140,3 +155,96 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     if len(inside) > 8:
         inside = [t for t in inside if f"{t:.1e}".startswith("1")]
     return inside or [10.0 ** lo, 10.0 ** hi]
+
+
+# -- the publication style (static exports) ---------------------------------------------------------------
+# Okabe & Ito's eight colours, which stay distinguishable under the common colour-vision deficiencies
+# (blue first; yellow and black last: yellow is weak on white, black reads as an annotation).
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+PUBLICATION_FONT = "Arial, Helvetica, 'Liberation Sans', 'DejaVu Sans', sans-serif"
+# Static image size: the width in layout pixels and the pixel scale (2 → 1800 px wide, ~300 dpi at 6 in);
+# the height is each figure's own.
+PUBLICATION_WIDTH, PUBLICATION_SCALE = 900, 2
+# Screen accents recoloured with the palette: the trajectory and checkpoint marks.
+_ACCENTS = {"#e11d48": "#D55E00"}
+
+PUBLICATION_TEMPLATE = go.layout.Template(
+    layout=go.Layout(
+        font=dict(family=PUBLICATION_FONT, size=12, color="black"),
+        title=dict(font=dict(size=13), x=0.0, xanchor="left", xref="paper"),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        colorway=list(OKABE_ITO),
+        legend=dict(font=dict(size=11), bgcolor="rgba(255,255,255,0.9)", tracegroupgap=1),
+        xaxis=dict(showline=True, linecolor="black", linewidth=1, ticks="outside", tickcolor="black",
+                   gridcolor="#e5e5e5", zeroline=False, title=dict(font=dict(size=12))),
+        yaxis=dict(showline=True, linecolor="black", linewidth=1, ticks="outside", tickcolor="black",
+                   gridcolor="#e5e5e5", zeroline=False, title=dict(font=dict(size=12))),
+        margin=dict(l=60, r=20, t=55, b=50),
+    )
+)
+
+_RGBA = re.compile(r"^rgba\((\d+),(\d+),(\d+),([0-9.]+)\)$")
+
+
+def _publication_colors() -> dict[str, str]:
+    mapping = {c.lower(): OKABE_ITO[i % len(OKABE_ITO)] for i, c in enumerate(PALETTE)}
+    mapping.update(_ACCENTS)
+    return mapping
+
+
+def _recolor(value: Any, mapping: Mapping[str, str]) -> Any:
+    """The parts of ``value`` (a figure element's JSON tree) that hold a screen colour, hex or ``rgba()``,
+    recoloured by ``mapping``: a nested dict of only those leaves (a list is returned whole), or None."""
+    if isinstance(value, str):
+        key = value.lower().replace(" ", "")
+        if key in mapping:
+            return mapping[key]
+        match = _RGBA.match(key)
+        if match:
+            r, g, b, alpha = match.groups()
+            hex_color = f"#{int(r):02x}{int(g):02x}{int(b):02x}"
+            if hex_color in mapping:
+                return rgba(mapping[hex_color], float(alpha))
+        return None
+    if isinstance(value, dict):
+        changed = {k: c for k, v in value.items() if k != "template" and (c := _recolor(v, mapping)) is not None}
+        return changed or None
+    if isinstance(value, (list, tuple)):
+        parts = [_recolor(v, mapping) for v in value]
+        if all(p is None for p in parts):
+            return None
+        return [_merge(v, p) for v, p in zip(value, parts)]
+    return None
+
+
+def _merge(original: Any, changed: Any) -> Any:
+    """``original`` with the recoloured leaves of ``changed`` put in."""
+    if changed is None:
+        return original
+    if isinstance(original, dict) and isinstance(changed, dict):
+        return {k: _merge(v, changed.get(k)) for k, v in original.items()}
+    return changed
+
+
+def _restyle(element: Any, mapping: Mapping[str, str]) -> None:
+    changes = _recolor(element.to_plotly_json(), mapping)
+    if changes:
+        element.update(changes)
+
+
+def publication(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` in the publication style: :data:`PUBLICATION_TEMPLATE` (fonts, sizes, black axis
+    lines) and each screen-palette colour replaced by the Okabe–Ito colour of the same rank, so runs keep
+    their order and the figure reads the same to colour-blind readers. Colour scales (Viridis, Cividis,
+    Magma) are already perceptually uniform and colour-blind safe, and stay."""
+    mapping = _publication_colors()
+    styled = go.Figure(fig)
+    for element in (*styled.data, styled.layout):
+        _restyle(element, mapping)
+    for frame in styled.frames:
+        for element in (*frame.data, frame.layout):
+            _restyle(element, mapping)
+    styled.update_layout(template=PUBLICATION_TEMPLATE)
+    styled.update_annotations(font_size=12)  # panel titles and notes, set at 16 by the screen layout
+    return styled

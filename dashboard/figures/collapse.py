@@ -20,6 +20,8 @@ from dashboard.figures._style import (
     run_line,
 )
 
+# The y-axis title of each panel (all four are dimensionless ratios or fractions).
+_COLLAPSE_AXES = ("tr(Σ_W Σ_B⁺)/C (ratio)", "distance (ratio)", "squared distance (ratio)", "fraction of samples")
 _COLLAPSE_PANELS = (
     ("NC1 — within-class variability", (("nc1", "NC1 tr(Σ_W Σ_B⁺)/C"),)),
     ("NC2 — ETF distance; equinorm, equiangularity (dotted)", (("nc2_etf_distance", "ETF distance"),
@@ -46,7 +48,7 @@ def collapse_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] |
         return empty_figure("No neural-collapse measures recorded.", title=title, height=height)
     palette = colors_for(runs, colors)
     fig = make_subplots(rows=2, cols=2, subplot_titles=[p for p, _ in _COLLAPSE_PANELS],
-                        horizontal_spacing=0.1, vertical_spacing=0.17)
+                        horizontal_spacing=0.12, vertical_spacing=0.2)
     legend_shown: set[str] = set()
     for index, (_, keys) in enumerate(_COLLAPSE_PANELS):
         row, col = index // 2 + 1, index % 2 + 1
@@ -64,8 +66,8 @@ def collapse_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] |
                                            dash=dash if rank == 0 else "dot", width=2.2 if rank == 0 else 1.2,
                                            opacity=1.0 if rank == 0 else 0.6, show_legend=show,
                                            name=f"{run} · {split}", markers=markers_needed(steps)), row=row, col=col)
-        fig.update_yaxes(type="log", row=row, col=col)
-        fig.update_xaxes(title_text="training step" if row == 2 else None, row=row, col=col)
+        fig.update_yaxes(type="log", title_text=_COLLAPSE_AXES[index] + " (log scale)", row=row, col=col)
+        fig.update_xaxes(title_text="training step", row=row, col=col)
     fig = finish(fig, title, height)
     fig.update_annotations(font_size=13)
     return fig
@@ -94,7 +96,7 @@ def cosine_matrix_figure(arrays: Mapping[str, np.ndarray], *, title: str | None 
             hovertemplate=f"{label}<br>class %{{y}} vs %{{x}}<br>cos %{{z:.3f}}<extra></extra>",
         ), row=1, col=col)
         fig.update_xaxes(title_text="class", type="category", row=1, col=col)
-        fig.update_yaxes(title_text="class" if col == 1 else None, type="category", autorange="reversed",
+        fig.update_yaxes(title_text="class", type="category", autorange="reversed",
                          scaleanchor=f"x{'' if col == 1 else col}", row=1, col=col)
     etf = -1.0 / (n_classes - 1) if n_classes > 1 else float("nan")
     default = f"Pairwise cosines (simplex-ETF target off the diagonal: −1/(C−1) = {etf:.3f})"

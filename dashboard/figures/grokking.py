@@ -63,6 +63,9 @@ _GROKKING_PANELS = (
     ("Weight norm ‖θ‖", (("weight_norm", "weight norm", TRAIN_DASH),), ".4g"),
     ("Mean logit norm", (("logit_norm", "logit norm", TRAIN_DASH),), ".4g"),
 )
+# The y-axis title of each panel: the quantity and its unit.
+_GROKKING_AXES = ("accuracy (%)", "loss (log scale)", "fraction of samples (%)", "cosine (−1 to 1)",
+                  "‖θ‖₂ (parameter units)", "‖z‖₂ (logit units)")
 
 
 def grokking_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] | None = None,
@@ -83,7 +86,7 @@ def grokking_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] |
         return empty_figure("No grokking diagnostics recorded.", title=title, height=height)
     palette = colors_for(runs, colors)
     fig = make_subplots(rows=2, cols=3, subplot_titles=[t for t, _, _ in _GROKKING_PANELS],
-                        horizontal_spacing=0.07, vertical_spacing=0.17)
+                        horizontal_spacing=0.08, vertical_spacing=0.2)
     legend_shown: set[tuple[str, str]] = set()
     for index, (panel, keys, fmt) in enumerate(_GROKKING_PANELS):
         row, col = index // 3 + 1, index % 3 + 1
@@ -105,7 +108,8 @@ def grokking_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] |
             fig.update_yaxes(tickformat=".0%", row=row, col=col)
         if panel == "Softmax-Collapse fraction":  # often well under 1%: keep the significant decimals
             fig.update_yaxes(tickformat=".2~%", rangemode="tozero", row=row, col=col)
-        fig.update_xaxes(title_text="training step" if row == 2 else None, row=row, col=col)
+        fig.update_xaxes(title_text="training step", row=row, col=col)
+        fig.update_yaxes(title_text=_GROKKING_AXES[index], row=row, col=col)
 
     shapes = []
     for run in runs:

@@ -26,6 +26,22 @@ SHARPNESS_MEASURES = {
     "sgd_trace_ratio": "SGD trace ratio",
     "preconditioned_eos_ratio": "Adaptive edge-of-stability ratio λmax(P⁻¹H)/threshold",
 }
+# The y-axis title of each panel: the quantity and its unit ("loss" = units of the training loss;
+# λ and tr(H) are second derivatives of the loss in the parameters).
+SHARPNESS_AXES = {
+    "worst_case": "Δ loss (loss units)",
+    "worst_case_adaptive": "Δ loss (loss units)",
+    "sam_one_step": "Δ loss (loss units)",
+    "average_case": "E Δ loss (loss units)",
+    "m_sharpness": "Δ loss (loss units)",
+    "gradient_norm": "‖∇L‖₂ (loss / param)",
+    "first_order_flatness": "ρ·max ‖∇L‖ (loss units)",
+    "lambda_max": "λmax (loss / param²)",
+    "trace": "tr(H) (loss / param²)",
+    "eos_ratio": "λmax·η/2 (ratio)",
+    "sgd_trace_ratio": "tr(H)·η/2 (ratio)",
+    "preconditioned_eos_ratio": "λmax(P⁻¹H)/threshold (ratio)",
+}
 
 
 def sharpness_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] | None = None,
@@ -44,7 +60,7 @@ def sharpness_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] 
     cols = 3 if len(present) > 4 else min(2, len(present))
     rows = -(-len(present) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[SHARPNESS_MEASURES[k] for k in present],
-                        horizontal_spacing=0.08, vertical_spacing=min(0.14, 0.32 / rows))
+                        horizontal_spacing=0.1, vertical_spacing=min(0.2, 0.45 / rows))
     legend_shown: set[str] = set()
     for index, key in enumerate(present):
         row, col = index // cols + 1, index % cols + 1
@@ -61,8 +77,8 @@ def sharpness_figure(scalars: pd.DataFrame | None, *, colors: Mapping[str, str] 
             legend_shown.add(run)
         if values_all and log_useful(np.concatenate(values_all)):
             fig.update_yaxes(type="log", row=row, col=col)
-        bottom_of_column = index + cols >= len(present)
-        fig.update_xaxes(title_text="training step" if bottom_of_column else None, row=row, col=col)
-    fig = finish(fig, title, height or 240 * rows + 110)
+        fig.update_xaxes(title_text="training step", row=row, col=col)
+        fig.update_yaxes(title_text=SHARPNESS_AXES[key], row=row, col=col)
+    fig = finish(fig, title, height or 270 * rows + 110)
     fig.update_annotations(font_size=13)
     return fig

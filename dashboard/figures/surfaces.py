@@ -57,11 +57,7 @@ def surface_figure(arrays: Mapping[str, np.ndarray], *, metric: str = "loss", pl
     if z.shape != (len(y), len(x)):
         raise ValueError(f"arrays[{zk!r}] must have shape (len(y), len(x)) = {(len(y), len(x))}, got {z.shape}.")
     is_loss = "loss" in metric
-    if use_pca:
-        variance = np.asarray(arrays.get("explained_variance", []), dtype=float)
-        names = [f"PC{i + 1}" + (f" ({variance[i]:.1%} of variance)" if i < variance.size else "") for i in range(2)]
-    else:
-        names = ["α (direction d₁)", "β (direction d₂)"]
+    names = plane_names(arrays, use_pca)
 
     fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "xy"}]], column_widths=[0.52, 0.48],
                         horizontal_spacing=0.06, subplot_titles=(f"{label.capitalize()} surface",
@@ -75,22 +71,7 @@ def surface_figure(arrays: Mapping[str, np.ndarray], *, metric: str = "loss", pl
         contours=dict(z=dict(show=True, usecolormap=True, project=dict(z=True), width=1)),
     ), row=1, col=1)
 
-    if is_loss:
-        positive = np.where(z > 0, z, np.nan)
-        shown = np.log10(positive)
-        finite = shown[np.isfinite(shown)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        ticks = log_ticks(lo, hi)
-        colorbar = dict(title=dict(text=label, side="right"), tickvals=[np.log10(t) for t in ticks],
-                        ticktext=[f"{t:.3g}" for t in ticks], len=0.85)
-    else:
-        shown = z
-        colorbar = dict(title=dict(text=label, side="right"), tickformat=".0%", len=0.85)
-    fig.add_trace(go.Contour(
-        x=x, y=y, z=shown, customdata=z, colorscale=colorscale, ncontours=24, colorbar=colorbar, name=label,
-        contours=dict(coloring="heatmap", showlines=True), line=dict(width=0.6, color="rgba(255,255,255,0.5)"),
-        hovertemplate=f"{names[0]}: %{{x:.3f}}<br>{names[1]}: %{{y:.3f}}<br>{label}: %{{customdata:{value_fmt}}}<extra></extra>",
-    ), row=1, col=2)
+    fig.add_trace(contour_trace(x, y, z, metric=metric, names=names), row=1, col=2)
 
     path_ok = use_pca and all(k in arrays for k in ("path_x", "path_y"))
     if path_ok:
@@ -131,6 +112,46 @@ def surface_figure(arrays: Mapping[str, np.ndarray], *, metric: str = "loss", pl
     fig.update_layout(legend=dict(orientation="h", x=1.0, xanchor="right", y=-0.12, yanchor="top"),
                       margin=dict(l=20, r=20, t=80, b=70))
     return fig
+
+
+def contour_values(z: np.ndarray, metric: str) -> tuple[np.ndarray, dict]:
+    """The values a contour map colours by and its colour bar: log10 of a loss (ticks labelled with the loss
+    itself, so several decades stay readable), an accuracy as it is (ticks in percent)."""
+    label = _METRIC_LABEL[metric]
+    if "loss" not in metric:
+        return z, dict(title=dict(text=label, side="right"), tickformat=".0%", len=0.85)
+    shown = np.log10(np.where(z > 0, z, np.nan))
+    finite = shown[np.isfinite(shown)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    ticks = log_ticks(lo, hi)
+    return shown, dict(title=dict(text=label, side="right"), tickvals=[np.log10(t) for t in ticks],
+                       ticktext=[f"{t:.3g}" for t in ticks], len=0.85)
+
+
+def contour_trace(x: np.ndarray, y: np.ndarray, z: np.ndarray, *, metric: str, names: tuple[str, str] | list[str],
+                  **kwargs: object) -> go.Contour:
+    """The contour map of a ``metric`` grid ``z[j, i]`` over ``x[i]``, ``y[j]`` (see :func:`contour_values`);
+    the hover shows the metric itself. ``kwargs`` go to ``go.Contour`` (e.g. a shared ``coloraxis``)."""
+    label = _METRIC_LABEL[metric]
+    shown, colorbar = contour_values(z, metric)
+    value_fmt = ".4g" if "loss" in metric else ".2%"
+    options: dict = dict(
+        x=x, y=y, z=shown, customdata=z, ncontours=24, name=label,
+        contours=dict(coloring="heatmap", showlines=True), line=dict(width=0.6, color="rgba(255,255,255,0.5)"),
+        hovertemplate=f"{names[0]}: %{{x:.3f}}<br>{names[1]}: %{{y:.3f}}<br>{label}: %{{customdata:{value_fmt}}}<extra></extra>",
+    )
+    if "coloraxis" not in kwargs:  # a shared colour axis brings its own scale and bar
+        options.update(colorscale="Viridis" if "loss" in metric else "Cividis", colorbar=colorbar)
+    options.update(kwargs)
+    return go.Contour(**options)
+
+
+def plane_names(arrays: Mapping[str, np.ndarray], use_pca: bool) -> list[str]:
+    """Axis titles of a slices plane: PC1/PC2 with their share of the variance, or the directions α, β."""
+    if use_pca:
+        variance = np.asarray(arrays.get("explained_variance", []), dtype=float)
+        return [f"PC{i + 1}" + (f" ({variance[i]:.1%} of variance)" if i < variance.size else "") for i in range(2)]
+    return ["α (direction d₁)", "β (direction d₂)"]
 
 
 def slice_curves(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,9 +22,12 @@ number generator states are exactly as before. A probe that raises, or returns N
 
 The Lightning and Hugging Face adapters (``LandscapeCallback``/``MonitorCallback`` and
 ``LandscapeTrainerCallback``) are thin layers over :class:`Monitor`; they are built on first access and
+need their framework only then. ``Monitor(..., sinks=[TensorBoardSink(logdir), WandbSink(project)])`` also
+sends every scalar it records (and the histograms) to TensorBoard or Weights & Biases.
 
 The package, one job per module: ``cadence`` (when things run), ``scalars`` (the cheap measurements),
-``monitor`` (the :class:`Monitor` and its record writing), ``lightning`` and ``hf`` (the adapters).
+``monitor`` (the :class:`Monitor` and its record writing), ``sinks`` (TensorBoard, Weights & Biases),
+``lightning`` and ``hf`` (the adapters).
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ from landscape.callbacks.scalars import _class_logits as _class_logits
 from landscape.callbacks.scalars import _float_dtype as _float_dtype
 from landscape.callbacks.scalars import _total_norm as _total_norm
 from landscape.callbacks.scalars import logit_scalars, read_lr
+from landscape.callbacks.sinks import Sink, SinkSet, TensorBoardSink, WandbSink
 
 # The adapters LandscapeCallback/MonitorCallback and LandscapeTrainerCallback are served by __getattr__ below
 # (built on first access), so they are not listed here: `import *` must not need either framework.
-__all__ = ["Cadence", "HFHooks", "LightningHooks", "LogitsOnly", "Monitor", "logit_scalars", "read_lr", "rng_preserved"]
+__all__ = ["Cadence", "HFHooks", "LightningHooks", "LogitsOnly", "Monitor", "Sink", "SinkSet", "TensorBoardSink",
+           "WandbSink", "logit_scalars", "read_lr", "rng_preserved"]
 
 # The built adapter classes, read from this namespace at every lookup (a test may swap it for an empty one).
 _ADAPTERS: dict[str, type] = {}

@@ -44,6 +44,7 @@ class HFHooks:
                      optimizer: object | None = None, **kwargs: Any) -> None:
         if model is not None:
             self.monitor.step(self._model(model), int(state.global_step), optimizer=optimizer, force=True)
+        self.monitor.flush()  # the sinks' records of the run are on disk when train() returns
 
 
 def build_hf_callback(cache: dict[str, type]) -> type:

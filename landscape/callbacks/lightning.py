@@ -42,6 +42,7 @@ class LightningHooks:
 
     def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
         self.monitor.step(pl_module, int(trainer.global_step), optimizer=self._optimizer(trainer), force=True)
+        self.monitor.flush()  # the sinks' records of the run are on disk when fit() returns
 
 
 def build_lightning_callback(cache: dict[str, type]) -> type:

@@ -26,6 +26,7 @@ from torch import nn
 
 from landscape.callbacks.cadence import Cadence
 from landscape.callbacks.scalars import _float_dtype, _total_norm, logit_scalars, read_lr
+from landscape.callbacks.sinks import SinkSet
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, check_scalar_loss, evaluate
@@ -107,7 +108,8 @@ class Monitor:
     ``sc_fraction`` counts. ``sync`` sets the store connection's commit durability (``"normal"``: each
     record is committed on its own and survives a crash of the training process, only an OS crash or
     power loss may drop the latest ones — several times cheaper per record than ``"full"``; None leaves
-    the store as it is).
+    the store as it is). ``sinks``: objects that also receive every scalar recorded, as ``(name, value,
+    step)``, and the histograms (see :mod:`landscape.callbacks.sinks`); a failing sink warns once.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class Monitor:
         meta: Mapping[str, Any] | None = None,
         seed: int = 0,
         sync: str | None = "normal",
+        sinks: Sequence[Any] | None = None,
     ) -> None:
         from landscape.store import Store
 
@@ -146,6 +149,7 @@ class Monitor:
         if not isinstance(subset_size, int) or subset_size < 1:
             raise ValueError(f"subset_size must be a positive integer, got {subset_size!r}.")
         self.run = run
+        self.sinks = SinkSet(sinks)
         self.loss_fn = loss_fn
         self.cadence = Cadence(every)
         self.test_cadence = Cadence(test_every if test_every is not None else every)
@@ -293,6 +297,7 @@ class Monitor:
             result.valid, result.message = False, f"non-finite: {', '.join(bad)}"
             self._warn_once(MONITOR_PROBE, f"monitor scalars are not finite at step {step} ({', '.join(bad)}).")
         self._stored("the monitor scalars", step, lambda: self.store.write_result(self.run, step, MONITOR_PROBE, result))
+        self.sinks.record(MONITOR_PROBE, scalars, step)
         return scalars
 
     def _monitor_scalars(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
@@ -389,7 +394,9 @@ class Monitor:
             result.message = f"non-finite scalars: {', '.join(bad)}"
         self._stored(f"probe {spec.name!r}", step,
                      lambda: self.store.write_result(self.run, step, spec.name, result, config=spec.config))
-        if not result.valid:
+        if result.valid:
+            self.sinks.record(spec.name, result.scalars, step, result.arrays)
+        else:
             self._fail(spec.name, step, result.message or "invalid result", spec.config)
 
     def _trajectory(self, model: nn.Module, step: int, device: torch.device) -> tuple[list[Checkpoint], Callable | None]:
@@ -450,8 +457,13 @@ class Monitor:
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Flush the sinks (the store commits every record as it is written)."""
+        self.sinks.flush()
+
     def close(self) -> None:
-        """Close the store if the monitor opened it."""
+        """Close the sinks, and the store if the monitor opened it."""
+        self.sinks.close()
         if self._owns_store:
             self.store.close()
 

@@ -21,6 +21,9 @@ PUBLIC = {
     # training dynamics beyond SGD
     "connectivity_figure", "noise_scale_figure", "preconditioned_sharpness_figure",
 }
+# Added with the sharing features: the publication style, the trajectory animation, comparison figures.
+PUBLIC |= {"OKABE_ITO", "PUBLICATION_TEMPLATE", "publication", "animation_frames", "trajectory_animation_figure",
+           "surface_comparison_figure", "density_comparison_figure"}
 
 
 def imported_modules(path: Path) -> set[str]:
