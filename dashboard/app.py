@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dash
 
-from dashboard.auth import is_loopback, require_token
+from dashboard.auth import check_token, is_loopback, require_token
 from dashboard.callbacks import Callbacks, register
 from dashboard.data import Catalog
 from dashboard.layout import page
@@ -23,6 +23,8 @@ def create_app(store_paths: Sequence[str | Path] | str | Path, token: str | None
     as plain methods). A path that is not a file raises ``FileNotFoundError``. With ``token``, every
     request must carry it (``dashboard.auth``).
     """
+    if token is not None:
+        check_token(token)
     catalog = Catalog(store_paths)
     app = dash.Dash(
         __name__, title="landscape", assets_folder=str(ASSETS), update_title=None,

@@ -40,10 +40,16 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_token(server: Flask, token: str) -> None:
-    """Refuse (401) every request to ``server`` that carries neither ``token`` nor its cookie."""
+def check_token(token: object) -> str:
+    """``token`` if it is usable: a string of at least :data:`MIN_LENGTH` characters."""
     if not isinstance(token, str) or len(token) < MIN_LENGTH:
         raise ValueError(f"the dashboard token must be a string of at least {MIN_LENGTH} characters.")
+    return token
+
+
+def require_token(server: Flask, token: str) -> None:
+    """Refuse (401) every request to ``server`` that carries neither ``token`` nor its cookie."""
+    check_token(token)
     session = _cookie_value(token)
 
     @server.before_request

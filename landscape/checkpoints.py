@@ -125,8 +125,8 @@ def _sniff(path: Path) -> None:
     text = head.decode("utf-8", errors="replace")
     if all(c.isprintable() or c in "\r\n\t" for c in text):
         shown = text.splitlines()[0][:40] if text.strip() else text[:40]
-        raise CheckpointError(f"checkpoint file {path} is a text file ({shown!r}…), not a PyTorch checkpoint "
-                              "(a torch.save zip archive or pickle).")
+        raise CheckpointError(f"checkpoint file {path} is a text file (it starts with {shown!r}), not a PyTorch "
+                              "checkpoint (a torch.save zip archive or pickle).")
     raise CheckpointError(f"checkpoint file {path} is not a PyTorch checkpoint: it is neither a torch.save zip "
                           f"archive nor a pickle (it starts with bytes {head[:8]!r}).")
 

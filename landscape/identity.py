@@ -22,13 +22,14 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from landscape.data import Batches
 from landscape.store import canonical_json, config_hash
+
+if TYPE_CHECKING:  # torch loads only where tensors are hashed, so `landscape ls` stays light
+    import torch
+
+    from landscape.data import Batches
 
 #: Keys of ``inputs`` that enter the identity hash (the others are shown, not hashed).
 HASHED_INPUTS = ("data", "loss", "model")
@@ -39,6 +40,8 @@ INPUT_NAMES = {"data": "data", "loss": "loss", "model": "model factory", "probe_
 
 def tensor_digest(digest: Any, tensor: torch.Tensor) -> None:
     """Feed a tensor's dtype, shape and raw bytes (on the CPU, contiguous) into ``digest``."""
+    import torch
+
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     digest.update(f"{flat.dtype}|{tuple(tensor.shape)}|".encode())
     if flat.numel():
@@ -91,6 +94,8 @@ def describe(obj: Any) -> dict[str, Any]:
     ``reduction``, ``ignore_index``, ``label_smoothing``), and a hash of its tensors (class weights). A class:
     its import path. Anything else: its type and ``repr``.
     """
+    from torch import nn
+
     if isinstance(obj, functools.partial):
         return {**describe(obj.func), "args": _plain(list(obj.args)), "kwargs": _plain(dict(obj.keywords))}
     if isinstance(obj, nn.Module):

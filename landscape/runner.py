@@ -219,17 +219,16 @@ class _Execution:
             if not self.recompute and self.store.has_result(self.run_name, step, name, plan.hashes[name], digest):
                 self._skip(name)
                 continue
-            like = None if self.recompute else self.store.result_like(self.run_name, step, name, plan.params_hashes[name])
-            if like is not None and self.reuse:
+            alike = [] if self.recompute else self.store.results_like(self.run_name, step, name, plan.params_hashes[name])
+            if alike and self.reuse:
                 self.report.reused += 1
                 self._skip(name)
                 continue
-            if like is not None:
-                if like["config_hash"] == plan.hashes[name]:
-                    rewritten = True
-                else:
-                    self.report.stale += 1
-                    self.reasons.update(changed_inputs(like["inputs"], plan.inputs[name]))
+            if any(other["config_hash"] == plan.hashes[name] for other in alike):
+                rewritten = True  # same inputs, but the checkpoint file is not the one they were measured on
+            elif alike:  # say what differs from the closest stored result
+                self.report.stale += 1
+                self.reasons.update(min((changed_inputs(o["inputs"], plan.inputs[name]) for o in alike), key=len))
             todo.append(name)
         if rewritten:
             self.emit(f"note: {checkpoint.path} changed since its results were stored; recomputing step {step}.")

@@ -204,19 +204,16 @@ class Store:
             args += (float(since),)
         return bool(self._query(sql, args))
 
-    def result_like(self, run: str, step: int, probe: str, params_hash: str) -> dict[str, Any] | None:
-        """The newest result of ``probe`` at ``step`` with the same params, whatever it was computed from:
-        its id, config hash, inputs (a dict, or None when not recorded) and checkpoint SHA-256."""
+    def results_like(self, run: str, step: int, probe: str, params_hash: str) -> list[dict[str, Any]]:
+        """The results of ``probe`` at ``step`` with the same params, whatever they were computed from, newest
+        first: each one's id, config hash, inputs (a dict, or None when not recorded) and checkpoint SHA-256."""
         if "params_hash" not in self._columns:
-            return None
+            return []
         rows = self._query(
             "SELECT id, config_hash, inputs_json, checkpoint_sha256 FROM results WHERE run=? AND step=? AND probe=? "
-            "AND params_hash=? ORDER BY id DESC LIMIT 1", (run, int(step), probe, params_hash))
-        if not rows:
-            return None
-        rid, chash, inputs, sha = rows[0]
-        return {"id": int(rid), "config_hash": chash, "inputs": json.loads(inputs) if inputs else None,
-                "checkpoint_sha256": sha}
+            "AND params_hash=? ORDER BY id DESC", (run, int(step), probe, params_hash))
+        return [{"id": int(rid), "config_hash": chash, "inputs": json.loads(inputs) if inputs else None,
+                 "checkpoint_sha256": sha} for rid, chash, inputs, sha in rows]
 
     def write_result(self, run: str, step: int, probe: str, result: Result, *, config: str | None = None,
                      params_hash: str | None = None, inputs: Mapping[str, Any] | None = None,
