@@ -157,6 +157,20 @@ def folder_writable(folder: Path) -> OSError | None:
     return None
 
 
+def _remove_abandoned(folder: Path, name: str) -> None:
+    """Delete temporary files that a process killed while creating this store left behind."""
+    for leftover in folder.glob(f".{name}.creating-*"):
+        pid = leftover.name[len(f".{name}.creating-"):].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _create_new(path: Path) -> None:
     """Create the store at ``path`` atomically: schema committed under a temporary name, then hard-linked
     into place (never replacing a store another process created meanwhile)."""
@@ -166,6 +180,7 @@ def _create_new(path: Path) -> None:
     except OSError as error:
         raise StoreError(f"cannot create store {path}: its folder {folder} cannot be made "
                          f"(the nearest existing folder {_existing(folder)} {_os_reason(error)}).") from None
+    _remove_abandoned(folder, path.name)
     temporary = folder / f".{path.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         db = connect(str(temporary), uri=False)

@@ -56,6 +56,15 @@ def test_a_new_store_appears_with_its_whole_schema(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["new.sqlite"]  # no temporary left behind
 
 
+def test_a_creation_killed_half_way_leaves_nothing_in_the_way(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".s.sqlite.creating-{dead.pid}-0a1b"
+    leftover.write_bytes(b"SQLite format 3\0")
+    Store(tmp_path / "s.sqlite").close()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.sqlite"]
+
+
 def test_readers_never_see_a_store_without_tables_while_stores_are_created(tmp_path):
     paths = [tmp_path / f"s{i}.sqlite" for i in range(15)]
     problems: list[str] = []
