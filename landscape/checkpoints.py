@@ -70,11 +70,11 @@ def _step_from_content(payload: object) -> int | None:
     return None
 
 
-def find_checkpoints(folder: Path | str) -> list[Checkpoint]:
+def find_checkpoints(folder: Path | str, *, unsafe: bool = False) -> list[Checkpoint]:
     """All checkpoint files in ``folder`` (not recursive), sorted by training step.
 
     The step comes from the file name; failing that, from a ``global_step``/``step``/``epoch`` entry
-    stored inside (read safely). Files with neither are an error naming them.
+    stored inside (read safely unless ``unsafe``). Files with neither are an error naming them.
     """
     root = Path(folder)
     if not root.exists():
@@ -91,7 +91,7 @@ def find_checkpoints(folder: Path | str) -> list[Checkpoint]:
     for path in files:
         step = step_from_name(path)
         if step is None and path.suffix != ".safetensors":
-            step = _step_from_content(_read(path, unsafe=False))
+            step = _step_from_content(_read(path, unsafe=unsafe))
         if step is None:
             raise CheckpointError(
                 f"cannot tell the training step of {path}: name it like step_500.pt or store a 'step' key inside."
@@ -114,6 +114,36 @@ def sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL = 0x80  # pickle protocol 2 and later start with this byte (torch's legacy format)
+
+
+def _sniff(path: Path) -> None:
+    """Refuse, with one sentence, a file that cannot be a pickled torch checkpoint (empty, text, other)."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head:
+        raise CheckpointError(f"checkpoint file {path} is empty (0 bytes): it was not saved completely.")
+    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL:
+        return
+    text = head.decode("utf-8", errors="replace")
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        shown = text.splitlines()[0][:40] if text.strip() else text[:40]
+        raise CheckpointError(f"checkpoint file {path} is a text file (it starts with {shown!r}), not a PyTorch "
+                              "checkpoint (a torch.save zip archive or pickle).")
+    raise CheckpointError(f"checkpoint file {path} is not a PyTorch checkpoint: it is neither a torch.save zip "
+                          f"archive nor a pickle (it starts with bytes {head[:8]!r}).")
+
+
+def _unsafe_global(text: str) -> str | None:
+    """The global a weights-only load refused, when ``text`` is such a refusal (torch words it differently
+    across versions: "Unsupported global: GLOBAL x", "unsupported GLOBAL x whose module y is blocked")."""
+    if "weights only load failed" not in text.lower() and "unsupported global" not in text.lower():
+        return None
+    found = re.search(r"GLOBAL\s+([\w.]+)", text)
+    return found.group(1) if found else "an object that is not a tensor or plain container"
+
+
 def _read(path: Path, *, unsafe: bool, map_location: Any = "cpu") -> object:
     if not path.exists():
         raise CheckpointError(f"checkpoint file {path} does not exist.")
@@ -126,15 +156,19 @@ def _read(path: Path, *, unsafe: bool, map_location: Any = "cpu") -> object:
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"checkpoint file {path} is not a readable safetensors file ({error}).") from None
     try:
+        _sniff(path)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({error.strerror or error}).") from None
+    try:
         return torch.load(path, map_location=map_location, weights_only=not unsafe)
     except Exception as error:  # torch raises many types for bad files; each becomes one clear sentence.
         text = str(error)
-        if not unsafe and "Unsupported global" in text:
-            found = re.search(r"GLOBAL (\S+)", text)
+        blocked = None if unsafe else _unsafe_global(text)
+        if blocked is not None:
             raise CheckpointError(
-                f"checkpoint file {path} contains pickled Python objects that a safe load refuses"
-                f"{f' ({found.group(1)})' if found else ''}; if you trust this file, pass unsafe=True "
-                "(CLI: --unsafe-pickle) to unpickle it, which can run arbitrary code."
+                f"checkpoint file {path} is an unsafe pickle: it needs the Python global {blocked}, which a safe "
+                "(weights-only) load refuses; if you trust this file, pass unsafe=True (CLI: --unsafe-pickle) to "
+                "unpickle it, which can run arbitrary code."
             ) from None
         found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
         detail = found.group(1).strip() if found else (text.splitlines()[0] if text else "")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -46,10 +49,21 @@ def _probe_params(names: list[str] | None, configured: dict[str, dict]) -> dict[
     return {name: dict(configured.get(name, {})) for name in names}
 
 
+def _positive(flag: str, value: object, kind: type = int) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, kind) and not isinstance(value, bool) and value > 0
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = math.isfinite(value) and value > 0
+    if not ok:
+        raise CommandError(f"{flag} must be a positive {'integer' if kind is int else 'number'}, got {value!r}.")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from landscape import factories
     from landscape.checkpoints import find_checkpoints
-    from landscape.runner import run_probes
+    from landscape.identity import target_spec
+    from landscape.runner import execute_run, prepare_run
     from landscape.store import Store
 
     if args.config:
@@ -68,46 +82,75 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             setattr(config, attr, value)
     if args.unsafe_pickle:
         config.unsafe_pickle = True
+    if args.recompute and args.reuse:
+        raise CommandError("--recompute and --reuse contradict each other; pass one of them.")
+    _positive("--max-samples", config.max_samples)
+    _positive("--batch-size", config.batch_size)
+    _positive("--lr", config.lr, float)
 
+    # Everything that can fail on bad input runs before the store is opened: nothing is written then.
     selected = _probe_params(_parse_probe_list(args.probes), config.probes)
-    checkpoints = find_checkpoints(config.checkpoints)
+    checkpoints = find_checkpoints(config.checkpoints, unsafe=config.unsafe_pickle)
     build = factories.model_factory(config.model, config.model_kwargs)
-    build()  # fail early, before any work, if the factory is broken
     train, test = factories.data_factory(config.data, config.data_kwargs)
     loss_fn = factories.loss_function(config.loss, config.loss_kwargs)
+    loss_target = factories.LOSS_SHORTHANDS.get(config.loss, config.loss)
+    inputs = {"model": target_spec(config.model, config.model_kwargs), "loss": target_spec(loss_target, config.loss_kwargs),
+              "data": target_spec(config.data, config.data_kwargs)}
+    plan = prepare_run(model_factory=build, loss_fn=loss_fn, train=train, test=test, checkpoints=checkpoints,
+                       probes=selected, device=config.device, max_samples=config.max_samples,
+                       batch_size=config.batch_size, seed=config.seed, inputs=inputs)
     run = config.run or Path(config.checkpoints).resolve().name
     print(f"analyzing {len(checkpoints)} checkpoint(s) of run {run!r} with probes {', '.join(selected)} "
           f"into {config.store}", file=sys.stderr)
     started = time.perf_counter()
     with Store(config.store) as store:
-        report = run_probes(
-            model_factory=build, loss_fn=loss_fn, train=train, test=test, checkpoints=checkpoints,
-            probes=selected, store=store, run=run, device=config.device, max_samples=config.max_samples,
-            batch_size=config.batch_size, seed=config.seed, lr=config.lr, recompute=args.recompute,
-            unsafe=config.unsafe_pickle, progress=not args.quiet,
-        )
+        report = execute_run(plan, store=store, run=run, lr=config.lr, recompute=args.recompute, reuse=args.reuse,
+                             unsafe=config.unsafe_pickle, progress=not args.quiet)
     return _report(report, started, config.store)
+
+
+def _grouped(messages: list[str]) -> list[str]:
+    """Errors with the same text at several steps, once each with the steps listed."""
+    groups: dict[str, list[str]] = {}
+    for message in messages:
+        found = re.search(r" at step (-?\d+)", message)
+        key = message if found is None else message[: found.start()] + " at step {}" + message[found.end():]
+        groups.setdefault(key, []).append(found.group(1) if found else "")
+    out = []
+    for key, steps in groups.items():
+        if "{}" not in key:
+            out.append(key + (f" (×{len(steps)})" if len(steps) > 1 else ""))
+        elif len(steps) == 1:
+            out.append(key.replace("{}", steps[0]))
+        else:
+            out.append(key.replace(" at step {}", f" at {len(steps)} steps ({', '.join(steps)})"))
+    return out
 
 
 def _report(report: object, started: float, store: Path) -> int:
     """Print the run's summary and its errors; the exit status."""
     elapsed = time.perf_counter() - started
-    print(f"done in {elapsed:.1f} s: {report.computed} computed, {report.skipped} already stored, "
+    other = f", {report.by_other} computed by another process" if getattr(report, "by_other", 0) else ""
+    print(f"done in {elapsed:.1f} s: {report.computed} computed, {report.skipped} already stored{other}, "
           f"{report.invalid} invalid, {len(report.errors)} error(s); store: {store}", file=sys.stderr)
     if report.errors:
         print("errors:", file=sys.stderr)
-        for message in report.errors:
+        for message in _grouped(report.errors):
             print(f"  - {message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from landscape.identity import summary
     from landscape.store import Store
 
     with Store(args.store, readonly=True) as store:
         results = store.results()
         errors = store.errors()
+        if store.immutable:
+            print(f"(read-only: {args.store} is opened as an immutable file)")
         if results.empty and errors.empty:
             print(f"{args.store}: no results yet.")
             return EXIT_OK
@@ -123,6 +166,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 shown = ", ".join(map(str, steps[:6])) + (" …" if len(steps) > 6 else "")
                 print(f"  {probe:<10} {len(group):>4} result(s) at {len(steps)} step(s): {shown}"
                       + (f"  [{invalid} invalid]" if invalid else ""))
+                kinds = group.inputs_json.fillna("").value_counts(sort=False)
+                for text, count in kinds.items():
+                    line = summary(json.loads(text) if text else None)
+                    print(f"  {'':<10} computed from: {line}" + (f"  [{count} result(s)]" if len(kinds) > 1 else ""))
             run_errors = errors[errors.run == run]
             if not run_errors.empty:
                 print(f"  {len(run_errors)} error(s); latest: {run_errors.message.iloc[-1].splitlines()[0]}")
@@ -266,24 +313,46 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CommandError(f"--format {fmt} is a figure format; give --figures DIR as well.")
     out = Path(args.out or Path(args.store).with_suffix("").as_posix() + f"-{fmt}")
     with Store(args.store, readonly=True) as store:
-        written = store.export(out, fmt)
+        try:
+            written = store.export(out, fmt)
+        except OSError as error:
+            reason = "it is on a read-only filesystem" if error.errno == errno.EROFS else (error.strerror or str(error))
+            raise CommandError(f"cannot write the export to {out}: {reason}; pass --out with a writable folder.") from None
     print(f"wrote {len(written)} file(s) to {out}")
     return EXIT_OK
 
 
-def _serve(stores: Sequence[str], host: str, port: int, debug: bool) -> int:
+def _serve(stores: Sequence[str], host: str, port: int, debug: bool, token: str | None = None) -> int:
     try:
         from dashboard import serve
+        from dashboard.auth import ENV_VAR, MIN_LENGTH, is_loopback
     except ImportError as error:
         raise CommandError(f"the dashboard cannot start: {error}.") from None
+    from urllib.parse import quote
+
+
+    token = token or os.environ.get(ENV_VAR) or None
+    if not is_loopback(host):
+        print(f"warning: --host {host} serves the dashboard beyond this machine: anyone who can reach port {port} "
+              "and has the token can read these stores (use HTTPS in front of it on an untrusted network).",
+              file=sys.stderr)
+        if token is None:
+            raise CommandError(f"--host {host} is not a loopback address: pass --token SECRET (or set {ENV_VAR}) "
+                               "so that only people given the token can open the dashboard.")
+        if debug:
+            raise CommandError(f"--debug with --host {host} would let anyone who reaches the port run code through "
+                               "the debugger; use --debug only on 127.0.0.1.")
+    if token is not None and len(token) < MIN_LENGTH:
+        raise CommandError(f"the dashboard token must have at least {MIN_LENGTH} characters.")
     _open_stores(stores)  # a file that is no store fails here, with its name, not in the page
-    print(f"dashboard on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
-    serve(list(stores), host=host, port=port, debug=debug)
+    address = f"http://{host}:{port}/" + (f"?token={quote(token)}" if token else "")
+    print(f"dashboard on {address} (Ctrl-C to stop)", file=sys.stderr)
+    serve(list(stores), host=host, port=port, debug=debug, token=token)
     return EXIT_OK
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    return _serve(args.stores, args.host, args.port, args.debug)
+    return _serve(args.stores, args.host, args.port, args.debug, args.token)
 
 
 def cmd_probes(args: argparse.Namespace) -> int:
@@ -330,7 +399,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         report = run_probes(
             model_factory=demo.make_model, loss_fn=nn.CrossEntropyLoss(), train=data["train"],
             test=data["test"], checkpoints=find_checkpoints(checkpoint_dir), probes=params, store=store,
-            run="digits-mlp", device=args.device, lr=lr, progress=not args.quiet,
+            run="digits-mlp", device=args.device, lr=lr, progress=not args.quiet, inputs=demo.INPUTS,
         )
     print(f"config: {config} (re-run with `landscape analyze --config {config}`)", file=sys.stderr)
     status = _report(report, started, store_path)
@@ -339,7 +408,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"view it with: landscape dashboard {store_path}", file=sys.stderr)
         return EXIT_OK
-    return _serve([str(store_path)], args.host, args.port, debug=False)
+    return _serve([str(store_path)], args.host, args.port, debug=False, token=args.token)
 
 
 def find_checkpoints_or_none(folder: Path) -> list:
@@ -364,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8050)
+    demo.add_argument("--token", help="dashboard access token (required for a non-loopback --host)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
@@ -383,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--unsafe-pickle", action="store_true",
                          help="allow checkpoints that need full unpickling (can run arbitrary code: trusted files only)")
     analyze.add_argument("--recompute", action="store_true", help="recompute results already in the store")
+    analyze.add_argument("--reuse", action="store_true",
+                         help="keep stored results of the same probe and params even when computed from other data, "
+                              "loss, model factory, probe version or checkpoint file (said in a note)")
     analyze.add_argument("--quiet", action="store_true", help="no progress bars")
     analyze.set_defaults(func=cmd_analyze)
 
@@ -390,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("stores", nargs="+")
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8050)
-    dash.add_argument("--debug", action="store_true", help="Dash debug mode (development only)")
+    dash.add_argument("--debug", action="store_true", help="Dash debug mode (development only, loopback hosts)")
+    dash.add_argument("--token", help="access token every request must carry; required for a non-loopback --host "
+                                      "(default: the LANDSCAPE_TOKEN environment variable)")
     dash.set_defaults(func=cmd_dashboard)
 
     report = sub.add_parser("report", help="write one self-contained HTML file with every figure of the stores")

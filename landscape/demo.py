@@ -92,6 +92,13 @@ def train(
     return saved
 
 
+#: The demo's factories as ``landscape analyze --config run.toml`` names them, so that re-running the
+#: written config finds the demo's results stored for the same inputs.
+MODEL_TARGET, DATA_TARGET, LOSS_TARGET = "landscape.demo:make_model", "landscape.demo:make_data", "torch.nn:CrossEntropyLoss"
+INPUTS = {"model": {"target": MODEL_TARGET, "kwargs": {}}, "loss": {"target": LOSS_TARGET, "kwargs": {}},
+          "data": {"target": DATA_TARGET, "kwargs": {}}}
+
+
 def write_config(folder: Path, store: Path, checkpoints: Path, lr: float, probe_params: dict[str, dict]) -> Path:
     """A ``run.toml`` that reproduces the demo's analysis with ``landscape analyze --config``."""
     lines = [
@@ -103,13 +110,13 @@ def write_config(folder: Path, store: Path, checkpoints: Path, lr: float, probe_
         f"lr = {lr}",
         "",
         "[model]",
-        'factory = "landscape.demo:make_model"',
+        f'factory = "{MODEL_TARGET}"',
         "",
         "[data]",
-        'factory = "landscape.demo:make_data"',
+        f'factory = "{DATA_TARGET}"',
         "",
         "[loss]",
-        'factory = "torch.nn:CrossEntropyLoss"',
+        f'factory = "{LOSS_TARGET}"',
     ]
     for name, params in probe_params.items():
         lines += ["", f"[probes.{name}]"]

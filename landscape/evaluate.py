@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -37,6 +38,47 @@ def check_scalar_loss(loss: torch.Tensor) -> torch.Tensor:
             "use reduction='mean'."
         )
     return loss
+
+
+def _per_group_losses(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """The loss of each sample on its own; of each half when the loss refuses single samples."""
+    n = int(outputs.shape[0])
+    try:
+        return [float(check_scalar_loss(loss_fn(outputs[i : i + 1], targets[i : i + 1]))) for i in range(n)]
+    except LossError:
+        raise
+    except Exception:  # noqa: BLE001 - some losses need more than one sample: compare halves instead
+        half = n // 2
+        return [float(check_scalar_loss(loss_fn(outputs[:half], targets[:half]))),
+                float(check_scalar_loss(loss_fn(outputs[half:], targets[half:])))]
+
+
+def check_mean_reduction(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Check that ``loss_fn`` reduces a batch by a mean; True when confirmed, False when undecidable.
+
+    Definition: a mean-type reduction gives a batch the mean of its samples' losses, or (class weights,
+    ``ignore_index``) a weighted mean of them, which lies between their smallest and largest value. A sum
+    (``reduction="sum"``) gives their total, far outside that range whenever two samples have a loss. The
+    losses are taken on already computed ``outputs`` (no extra forward pass). Raises :class:`LossError`
+    when the loss is not a scalar or is not a mean; undecidable (False) with fewer than two samples or
+    non-finite values (e.g. diverged weights), so the caller may try again on other outputs.
+    """
+    whole = float(check_scalar_loss(loss_fn(outputs, targets)))
+    if int(outputs.shape[0]) < 2 or not math.isfinite(whole):
+        return False
+    parts = [v for v in _per_group_losses(loss_fn, outputs, targets) if math.isfinite(v)]
+    if not parts:
+        return False
+    mean, low, high, total = sum(parts) / len(parts), min(parts), max(parts), sum(parts)
+    # 1e-4 relative: far above float32 rounding of a mean of a few values, far below a sum's factor of n.
+    tol = 1e-4 * max(abs(whole), abs(high), abs(low)) + 1e-7
+    if abs(whole - mean) <= tol or low - tol <= whole <= high + tol:
+        return True
+    hint = " (it is their sum: use reduction='mean')" if abs(whole - total) <= tol * len(parts) else ""
+    raise LossError(
+        f"loss_fn must return the mean loss over the batch, but on {int(outputs.shape[0])} samples it gives "
+        f"{whole:.6g}, outside the range [{low:.6g}, {high:.6g}] of its values on the samples alone{hint}."
+    )
 
 
 def correct_count(outputs: torch.Tensor, targets: torch.Tensor) -> int | None:

@@ -115,12 +115,24 @@ def model_factory(target: str, kwargs: Mapping[str, Any] | None = None) -> Calla
     kwargs = dict(kwargs or {})
 
     def build() -> nn.Module:
-        model = factory(**kwargs)
+        model = _call(factory, kwargs, f"model factory {target!r}")
         if not isinstance(model, nn.Module):
             raise FactoryError(f"model factory {target!r} returned a {type(model).__name__}, not a torch.nn.Module.")
         return model
 
     return build
+
+
+def _call(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> Any:
+    """``factory(**kwargs)``; an exception it raises becomes one sentence naming the factory."""
+    try:
+        return factory(**kwargs)
+    except FactoryError:
+        raise
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+        raise FactoryError(f"{what} raised {type(error).__name__}: {detail}"
+                           f"{' (called with ' + repr(dict(kwargs)) + ')' if kwargs else ''}.") from None
 
 
 def _is_pair(value: object) -> bool:
@@ -147,11 +159,32 @@ def split_train_test(value: object, target: str = "data factory") -> tuple[objec
 def data_factory(target: str, kwargs: Mapping[str, Any] | None = None) -> tuple[object, object | None]:
     """Call the data factory and return ``(train, test_or_None)``."""
     factory = _callable(target, "data factory")
-    return split_train_test(factory(**dict(kwargs or {})), f"data factory {target!r}")
+    return split_train_test(_call(factory, dict(kwargs or {}), f"data factory {target!r}"), f"data factory {target!r}")
+
+
+def _takes_two_arguments(function: Callable[..., Any]) -> bool:
+    """Whether ``function(outputs, targets)`` binds (True when the signature cannot be read)."""
+    try:
+        inspect.signature(function).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
+def _binds_no_arguments(function: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(function).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def loss_function(target: str, kwargs: Mapping[str, Any] | None = None) -> Callable[..., torch.Tensor]:
-    """A loss ``fn(outputs, targets) -> mean scalar`` from a class (instantiated), a function, or a shorthand."""
+    """A loss ``fn(outputs, targets) -> mean scalar`` from a shorthand, a class (instantiated with ``kwargs``),
+    a loss function, or a factory function returning a loss (called with ``kwargs``: a function that
+    takes no ``(outputs, targets)`` pair but can be called without arguments is such a factory)."""
     target = LOSS_SHORTHANDS.get(target, target)
     obj = _callable(target, "loss")
     kwargs = dict(kwargs or {})
@@ -160,11 +193,16 @@ def loss_function(target: str, kwargs: Mapping[str, Any] | None = None) -> Calla
             return obj(**kwargs)
         except TypeError as error:
             raise FactoryError(f"loss {target!r} cannot be built with {kwargs}: {error}.") from None
-    if kwargs:
-        made = obj(**kwargs)
+        except Exception as error:
+            raise FactoryError(f"loss {target!r} raised {type(error).__name__} when built: {error}.") from None
+    if kwargs or (not _takes_two_arguments(obj) and _binds_no_arguments(obj)):
+        made = _call(obj, kwargs, f"loss factory {target!r}")
         if not callable(made):
             raise FactoryError(f"loss factory {target!r} returned a {type(made).__name__}, not a loss function.")
         return made
+    if not _takes_two_arguments(obj):
+        raise FactoryError(f"loss {target!r} can be called neither as loss(outputs, targets) nor as a factory "
+                           "without arguments; give a loss class, a loss function or a factory returning one.")
     return obj
 
 

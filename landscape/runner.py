@@ -1,16 +1,22 @@
-"""Run probes over checkpoints into a store: skip what is stored, resume after interruption, report errors.
+"""Run probes over checkpoints into a store: check first, skip what is stored, share work, resume, report.
 
-Each (checkpoint, probe) result is written in one transaction as soon as it is done, so killing the
-process loses at most the result in progress (and long probes keep their finished rows). A probe that
-fails is recorded in the store's ``errors`` table and the run goes on with the next one; the caller
-gets every error back at the end.
+:func:`prepare_run` does everything that can fail on bad input before a store is touched: it resolves the
+probes, materializes the data, fingerprints what results will be computed from (``landscape.identity``),
+builds the model and runs the preflight checks (``landscape.preflight``). :func:`execute_run` then
+measures each (checkpoint, probe) whose result is not stored for exactly these inputs, under a lease
+(``landscape.leases``) so a second process on the same run computes other results and waits for the ones
+it leaves to the first. Each result is written in one transaction as soon as it is done, so killing the
+process loses at most the results in progress (and long probes keep their finished rows). A probe that
+fails is recorded in the store's ``errors`` table and the run goes on; the caller gets every error back.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,24 +34,48 @@ from landscape.checkpoints import (
     read_state_dict,
     sha256,
 )
-from landscape.data import Batches, DataError, as_batches
-from landscape.evaluate import LossError, LossFn, check_scalar_loss
+from landscape.data import Batches, as_batches
+from landscape.evaluate import LossFn
+from landscape.identity import changed_inputs, describe, identity, params_identity, result_inputs, run_inputs
+from landscape.leases import DEFAULT_TTL, Claim, Leases
 from landscape.params import preserved
-from landscape.store import Store, config_hash
+from landscape.preflight import preflight
+from landscape.store import Store
 
 
 @dataclass
 class RunReport:
-    """What a run did: results computed, results skipped as already stored, and errors."""
+    """What a run did: results computed here, skipped as already stored, computed by another process
+    meanwhile, measured again because their inputs changed (``stale``) or kept despite that (``reused``)."""
 
     computed: int = 0
     skipped: int = 0
     invalid: int = 0
     errors: list[str] = field(default_factory=list)
+    by_other: int = 0
+    stale: int = 0
+    reused: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+@dataclass
+class RunPlan:
+    """A checked run: probes with resolved params and identities, the data, the built model."""
+
+    probes: dict[str, Any]
+    params: dict[str, dict[str, Any]]
+    inputs: dict[str, dict[str, Any]]
+    hashes: dict[str, str]
+    params_hashes: dict[str, str]
+    model: nn.Module
+    loss_fn: LossFn
+    train: Batches
+    test: Batches | None
+    device: torch.device
+    checkpoints: list[Checkpoint]
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -58,25 +88,47 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
-def result_identity(probe: str, params: Mapping[str, Any], data_settings: Mapping[str, Any]) -> str:
-    """The config hash of a result: the probe's params plus the data subset it was measured on."""
-    return config_hash(probe, {"params": dict(params), "data": dict(data_settings)})
+def prepare_run(
+    *,
+    model_factory: Callable[[], nn.Module],
+    loss_fn: LossFn,
+    train: object,
+    checkpoints: Sequence[Checkpoint],
+    probes: Mapping[str, Mapping[str, Any]],
+    test: object | None = None,
+    device: str | torch.device | None = "auto",
+    max_samples: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    inputs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> RunPlan:
+    """Check every input of a run and fingerprint it; nothing is written.
 
+    ``inputs`` may describe the ``"model"``, ``"loss"`` and ``"data"`` factories (``identity.target_spec``:
+    target string and kwargs); the ones not given are described from the objects (``identity.describe``).
+    """
+    from landscape import probe as probe_registry
 
-def _learning_rate(lr: float | None, checkpoint: Checkpoint, unsafe: bool) -> float | None:
-    if lr is not None:
-        return float(lr)
-    if checkpoint.path.suffix == ".safetensors":
-        return None
-    try:
-        meta = read_metadata(checkpoint.path, unsafe=unsafe)
-    except CheckpointError:
-        return None
-    for key in ("lr", "learning_rate"):
-        value = meta.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
-    return None
+    device = pick_device(device)
+    selected = {name: probe_registry.get(name) for name in probes}
+    resolved = {name: probe_registry.resolve_params(selected[name], probes[name]) for name in probes}
+    train_batches = as_batches(train, device=device, max_samples=max_samples, seed=seed, batch_size=batch_size,
+                               name="train data")
+    test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
+                                                        batch_size=batch_size, name="test data")
+    given = dict(inputs or {})
+    shared = run_inputs(train=train_batches, test=test_batches, loss=given.get("loss") or describe(loss_fn),
+                        model=given.get("model") or describe(model_factory), data_source=given.get("data"))
+    per_probe = {name: result_inputs(shared, selected[name]) for name in probes}
+    model = model_factory().to(device)
+    preflight(model, loss_fn, train_batches, test_batches)
+    return RunPlan(
+        probes=selected, params=resolved, inputs=per_probe,
+        hashes={name: identity(name, resolved[name], per_probe[name]) for name in probes},
+        params_hashes={name: params_identity(name, resolved[name]) for name in probes},
+        model=model, loss_fn=loss_fn, train=train_batches, test=test_batches, device=device,
+        checkpoints=sorted(checkpoints),
+    )
 
 
 def run_probes(
@@ -95,133 +147,226 @@ def run_probes(
     seed: int = 0,
     lr: float | None = None,
     recompute: bool = False,
+    reuse: bool = False,
     unsafe: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    inputs: Mapping[str, Mapping[str, Any]] | None = None,
+    lease_ttl: float = DEFAULT_TTL,
 ) -> RunReport:
-    """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``."""
-    from landscape import probe as probe_registry
+    """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``
+    (:func:`prepare_run`, then :func:`execute_run`)."""
+    plan = prepare_run(model_factory=model_factory, loss_fn=loss_fn, train=train, checkpoints=checkpoints,
+                       probes=probes, test=test, device=device, max_samples=max_samples, batch_size=batch_size,
+                       seed=seed, inputs=inputs)
+    return execute_run(plan, store=store, run=run, lr=lr, recompute=recompute, reuse=reuse, unsafe=unsafe,
+                       progress=progress, log=log, lease_ttl=lease_ttl)
 
-    emit = log or (lambda text: print(text, file=sys.stderr))
-    device = pick_device(device)
-    selected = {name: probe_registry.get(name) for name in probes}
-    resolved = {name: probe_registry.resolve_params(selected[name], probes[name]) for name in probes}
-    train_batches: Batches = as_batches(train, device=device, max_samples=max_samples, seed=seed,
-                                        batch_size=batch_size, name="train data")
-    test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
-                                                        batch_size=batch_size, name="test data")
-    data_settings = {"max_samples": max_samples, "seed": seed, "n_train": train_batches.n_samples,
-                     "n_test": None if test_batches is None else test_batches.n_samples}
-    hashes = {name: result_identity(name, resolved[name], data_settings) for name in probes}
-    ordered = sorted(checkpoints)
-    store.add_run(run, {"lr": lr} if lr is not None else {})
 
-    report = RunReport()
-    model: nn.Module | None = None
-    bar = _progress_bar(len(ordered) * len(selected), progress)
-    known = {step: digest for step, _, digest in store.checkpoints(run)}
-    try:
-        for checkpoint in ordered:
-            todo = [n for n in selected if recompute or not store.has_result(run, checkpoint.step, n, hashes[n])]
-            digest = None
-            if len(todo) < len(selected) and known.get(checkpoint.step) is not None:
-                # Stored results are reused only while the checkpoint file is the one they were computed on.
-                digest = sha256(checkpoint.path)
-                if digest != known[checkpoint.step]:
-                    emit(f"note: {checkpoint.path} changed since its results were stored; recomputing step "
-                         f"{checkpoint.step}.")
-                    todo = list(selected)
-            report.skipped += len(selected) - len(todo)
-            if not todo:
-                bar.update(len(selected))
+def execute_run(plan: RunPlan, *, store: Store, run: str, lr: float | None = None, recompute: bool = False,
+                reuse: bool = False, unsafe: bool = False, progress: bool = True,
+                log: Callable[[str], None] | None = None, lease_ttl: float = DEFAULT_TTL,
+                poll_seconds: float = 0.5) -> RunReport:
+    """Measure what ``plan`` asks for into ``store``.
+
+    A result is skipped when stored for the same probe, params, probe version, data, loss, model factory
+    and checkpoint file; ``recompute`` measures everything again; ``reuse`` keeps any stored result of the
+    same probe and params whatever it was computed from (said in a note).
+    """
+    execution = _Execution(plan, store, run, lr, recompute, reuse, unsafe, progress,
+                           log or (lambda text: print(text, file=sys.stderr)), Leases(store, lease_ttl), poll_seconds)
+    return execution.run()
+
+
+class _Execution:
+    """The state of one :func:`execute_run` call."""
+
+    def __init__(self, plan: RunPlan, store: Store, run: str, lr: float | None, recompute: bool, reuse: bool,
+                 unsafe: bool, progress: bool, emit: Callable[[str], None], leases: Leases, poll: float) -> None:
+        self.plan, self.store, self.run_name, self.lr = plan, store, run, lr
+        self.recompute, self.reuse, self.unsafe, self.progress, self.emit = recompute, reuse, unsafe, progress, emit
+        self.leases, self.poll = leases, poll
+        self.report = RunReport()
+        self.started = time.time()
+        self.reasons: Counter[str] = Counter()
+        self.deferred: list[tuple[Checkpoint, str, str]] = []
+        self.bar = _progress_bar(len(plan.checkpoints) * len(plan.probes), progress)
+
+    def run(self) -> RunReport:
+        self.store.add_run(self.run_name, {"lr": self.lr} if self.lr is not None else {})
+        try:
+            with self.leases.heartbeat():
+                for checkpoint in self.plan.checkpoints:
+                    digest = self._digest(checkpoint)
+                    if digest is not None:
+                        self._measure(checkpoint, digest, self._todo(checkpoint, digest))
+                self._wait_for_others()
+        finally:
+            self.bar.close()
+        self._notes()
+        return self.report
+
+    def _digest(self, checkpoint: Checkpoint) -> str | None:
+        try:
+            return sha256(checkpoint.path)
+        except OSError as error:
+            self._checkpoint_error(checkpoint, list(self.plan.probes), f"checkpoint file {checkpoint.path} cannot be "
+                                   f"read ({error.strerror or error}).", release=False)
+            return None
+
+    def _todo(self, checkpoint: Checkpoint, digest: str) -> list[str]:
+        """The probes to measure at this checkpoint; counts the skipped ones and why others are stale."""
+        plan, step, todo, rewritten = self.plan, checkpoint.step, [], False
+        for name in plan.probes:
+            if not self.recompute and self.store.has_result(self.run_name, step, name, plan.hashes[name], digest):
+                self._skip(name)
                 continue
-            try:
-                state = read_state_dict(checkpoint.path, unsafe=unsafe)
-                if model is None:
-                    model = model_factory().to(device)
-                    load_into(model, state, checkpoint.path)
-                    _preflight(model, loss_fn, train_batches)
+            alike = [] if self.recompute else self.store.results_like(self.run_name, step, name, plan.params_hashes[name])
+            if alike and self.reuse:
+                self.report.reused += 1
+                self._skip(name)
+                continue
+            if any(other["config_hash"] == plan.hashes[name] for other in alike):
+                rewritten = True  # same inputs, but the checkpoint file is not the one they were measured on
+            elif alike:  # say what differs from the closest stored result
+                self.report.stale += 1
+                self.reasons.update(min((changed_inputs(o["inputs"], plan.inputs[name]) for o in alike), key=len))
+            todo.append(name)
+        if rewritten:
+            self.emit(f"note: {checkpoint.path} changed since its results were stored; recomputing step {step}.")
+        return todo
+
+    def _skip(self, name: str) -> None:
+        self.report.skipped += 1
+        self.bar.update(1)
+
+    def _measure(self, checkpoint: Checkpoint, digest: str, todo: list[str]) -> None:
+        if not todo:
+            return
+        plan, step = self.plan, checkpoint.step
+        claims = self.leases.claim(self.run_name, step, [(n, plan.hashes[n]) for n in todo], digest,
+                                   done_after=self.started if self.recompute else float("-inf"))
+        mine = [n for n in todo if claims[n] is Claim.MINE]
+        for name in todo:
+            if claims[name] is Claim.DONE:
+                self.report.by_other += 1
+                self.bar.update(1)
+            elif claims[name] is Claim.BUSY:
+                self.deferred.append((checkpoint, name, digest))
+        if not mine:
+            return
+        try:
+            load_into(plan.model, read_state_dict(checkpoint.path, unsafe=self.unsafe), checkpoint.path)
+        except CheckpointError as error:
+            self._checkpoint_error(checkpoint, mine, str(error), release=True)
+            return
+        self.store.add_checkpoint(self.run_name, step, checkpoint.path, digest)
+        step_lr = _learning_rate(self.lr, checkpoint, self.unsafe)
+        if step_lr is not None and self.lr is None:
+            self.store.add_run(self.run_name, {"lr": step_lr})
+        wants_optimizer = any(getattr(plan.probes[n], "uses_optimizer_state", False) for n in mine)
+        optimizer_state = self._optimizer_state(checkpoint) if wants_optimizer else None
+        for name in mine:
+            self.bar.set_description(f"step {step} · {name}")
+            self._run_one(name, checkpoint, digest, step_lr, optimizer_state)
+            self.bar.update(1)
+
+    def _checkpoint_error(self, checkpoint: Checkpoint, names: list[str], message: str, release: bool) -> None:
+        self.report.errors.append(message)
+        for name in names:
+            self.store.write_error(self.run_name, checkpoint.step, name, message, config=self.plan.hashes[name],
+                                   owner=self.leases.owner if release else None)
+        self.emit(f"error: {message}")
+        self.bar.update(len(names))
+
+    def _optimizer_state(self, checkpoint: Checkpoint) -> SavedOptimizer | None:
+        """The optimizer state saved with the checkpoint, if any (a file that cannot be read is noted, not fatal)."""
+        try:
+            return read_optimizer_state(checkpoint.path, unsafe=self.unsafe)
+        except CheckpointError as error:
+            self.emit(f"note: no optimizer state for step {checkpoint.step}: {error}")
+            return None
+
+    def _run_one(self, name: str, checkpoint: Checkpoint, digest: str, lr: float | None,
+                 optimizer_state: SavedOptimizer | None = None) -> None:
+        from landscape.probe import ProbeContext
+
+        plan, device, chash = self.plan, self.plan.device, self.plan.hashes[name]
+        ctx = ProbeContext(
+            model=plan.model, loss_fn=plan.loss_fn, train=plan.train, test=plan.test, device=device,
+            step=checkpoint.step, run=self.run_name, checkpoints=list(plan.checkpoints),
+            load_state=lambda c: read_state_dict(c.path, unsafe=self.unsafe, map_location=device),
+            lr=lr, partial=self.store.partial(self.run_name, checkpoint.step, name, chash), progress=self.progress,
+            optimizer_state=optimizer_state,
+        )
+        try:
+            with preserved(plan.model):
+                result = plan.probes[name].run(ctx, **plan.params[name])
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # one failing probe must not stop the others; every error is reported.
+            message = f"probe {name!r} failed at step {checkpoint.step}: {type(error).__name__}: {error}"
+            self.report.errors.append(message)
+            self.store.write_error(self.run_name, checkpoint.step, name, message + "\n" +
+                                   traceback.format_exc(limit=6), config=chash, owner=self.leases.owner)
+            self.emit(f"error: {message}")
+            return
+        self.store.write_result(self.run_name, checkpoint.step, name, result, config=chash,
+                                params_hash=plan.params_hashes[name], inputs=plan.inputs[name],
+                                checkpoint_sha256=digest)
+        self.report.computed += 1
+        if not result.valid:
+            self.report.invalid += 1
+            self.emit(f"warning: {name} at step {checkpoint.step} stored as invalid: {result.message}")
+
+    def _wait_for_others(self) -> None:
+        """Results another process holds a lease on: count them once stored; take over the ones whose
+        holder let go without storing them (it failed, or died and its lease expired)."""
+        announced = False
+        while self.deferred:
+            pending, self.deferred = self.deferred, []
+            waiting = []
+            for checkpoint, name, digest in pending:
+                chash = self.plan.hashes[name]
+                if self.store.has_result(self.run_name, checkpoint.step, name, chash, digest,
+                                         since=self.started if self.recompute else None):
+                    self.report.by_other += 1
+                    self.bar.update(1)
+                elif self.leases.live_holder(self.run_name, checkpoint.step, name, chash):
+                    waiting.append((checkpoint, name, digest))
                 else:
-                    load_into(model, state, checkpoint.path)
-            except CheckpointError as error:
-                message = str(error)
-                report.errors.append(message)
-                for name in todo:
-                    store.write_error(run, checkpoint.step, name, message, config=hashes[name])
-                emit(f"error: {message}")
-                bar.update(len(selected))
-                continue
-            store.add_checkpoint(run, checkpoint.step, checkpoint.path, digest or sha256(checkpoint.path))
-            wants_optimizer = any(getattr(selected[n], "uses_optimizer_state", False) for n in todo)
-            optimizer_state = _optimizer_state(checkpoint, unsafe, emit) if wants_optimizer else None
-            step_lr = _learning_rate(lr, checkpoint, unsafe)
-            if step_lr is not None and lr is None:
-                store.add_run(run, {"lr": step_lr})
-            bar.update(len(selected) - len(todo))
-            for name in todo:
-                bar.set_description(f"step {checkpoint.step} · {name}")
-                _run_one(
-                    name, selected[name], resolved[name], hashes[name], model, loss_fn, train_batches, test_batches,
-                    device, checkpoint, ordered, run, step_lr, unsafe, store, report, progress, emit, optimizer_state,
-                )
-                bar.update(1)
-    finally:
-        bar.close()
-    return report
+                    self._measure(checkpoint, digest, [name])
+            self.deferred.extend(waiting)
+            if waiting:
+                if not announced:
+                    self.emit(f"waiting for {len(waiting)} result(s) being computed by another process.")
+                    announced = True
+                time.sleep(self.poll)
+
+    def _notes(self) -> None:
+        if self.report.stale:
+            what = ", ".join(reason for reason, _ in self.reasons.most_common())
+            self.emit(f"note: {self.report.stale} stored result(s) were computed from other inputs ({what}); "
+                      "measured again (--reuse keeps stored results whatever they were computed from).")
+        if self.report.reused:
+            self.emit(f"note: --reuse kept {self.report.reused} stored result(s) computed from other inputs "
+                      "(other data, loss, model factory, probe version or checkpoint file); see `landscape ls`.")
 
 
-def _preflight(model: nn.Module, loss_fn: LossFn, train: Batches) -> None:
-    """Fail before any work when the loss cannot be used (not a scalar mean, wrong targets)."""
-    x, y = train.batches[0]
-    with preserved(model), torch.no_grad():
-        try:
-            outputs = model(x[:8])
-        except Exception as error:
-            raise DataError(f"the model cannot process the first train batch (inputs of shape "
-                            f"{tuple(x.shape)}): {type(error).__name__}: {error}") from None
-        try:
-            loss = loss_fn(outputs, y[:8])
-        except Exception as error:
-            raise LossError(f"the loss fails on the model's outputs {tuple(outputs.shape)} and targets "
-                            f"{tuple(y.shape)}: {type(error).__name__}: {error}") from None
-        check_scalar_loss(loss)
-
-
-def _optimizer_state(checkpoint: Checkpoint, unsafe: bool, emit: Callable[[str], None]) -> SavedOptimizer | None:
-    """The optimizer state saved with the checkpoint, if any (a file that cannot be read is noted, not fatal)."""
-    try:
-        return read_optimizer_state(checkpoint.path, unsafe=unsafe)
-    except CheckpointError as error:
-        emit(f"note: no optimizer state for step {checkpoint.step}: {error}")
+def _learning_rate(lr: float | None, checkpoint: Checkpoint, unsafe: bool) -> float | None:
+    if lr is not None:
+        return float(lr)
+    if checkpoint.path.suffix == ".safetensors":
         return None
-
-
-def _run_one(name, probe, params, chash, model, loss_fn, train, test, device, checkpoint, ordered, run, lr,
-             unsafe, store, report, progress, emit, optimizer_state=None) -> None:  # noqa: ANN001 - internal
-    from landscape.probe import ProbeContext
-
-    ctx = ProbeContext(
-        model=model, loss_fn=loss_fn, train=train, test=test, device=device, step=checkpoint.step, run=run,
-        checkpoints=list(ordered), load_state=lambda c: read_state_dict(c.path, unsafe=unsafe, map_location=device),
-        lr=lr, partial=store.partial(run, checkpoint.step, name, chash), progress=progress,
-        optimizer_state=optimizer_state,
-    )
     try:
-        with preserved(model):
-            result = probe.run(ctx, **params)
-    except KeyboardInterrupt:
-        raise
-    except Exception as error:  # one failing probe must not stop the others; every error is reported.
-        message = f"probe {name!r} failed at step {checkpoint.step}: {type(error).__name__}: {error}"
-        report.errors.append(message)
-        store.write_error(run, checkpoint.step, name, message + "\n" + traceback.format_exc(limit=6), config=chash)
-        emit(f"error: {message}")
-        return
-    store.write_result(run, checkpoint.step, name, result, config=chash)
-    report.computed += 1
-    if not result.valid:
-        report.invalid += 1
-        emit(f"warning: {name} at step {checkpoint.step} stored as invalid: {result.message}")
+        meta = read_metadata(checkpoint.path, unsafe=unsafe)
+    except CheckpointError:
+        return None
+    for key in ("lr", "learning_rate"):
+        value = meta.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
 
 
 class _NoBar:

@@ -1,13 +1,17 @@
 """The run store: one SQLite file holding every probe result of one or more runs.
 
 Design:
-* A result is identified by ``(run, step, probe, config_hash)``, the hash covering the probe's params,
-  so the same probe with other params is a different result.
+* A result is identified by ``(run, step, probe, config_hash)``, the hash covering the probe's params, its
+  code version and what it was computed from (data, loss, model factory: ``landscape.identity``); the
+  checkpoint file's SHA-256 is stored beside it and must match too. ``inputs_json`` records those inputs.
 * One result is written in one transaction (scalars and arrays together): a crash never leaves half a
   result. WAL mode lets the dashboard read while a training callback writes.
 * Long probes save finished rows (``partial_rows``) as they go so an interrupted grid resumes; the
   rows are deleted when the whole result is written.
+* ``claims`` holds the leases of results being computed (``landscape.leases``); writing a result releases
+  its lease in the same transaction.
 * Arrays are stored as ``.npy`` bytes (no pickle), with dtype and shape beside them for inspection.
+* Opening (creation, migration, foreign files, read-only media) is ``landscape.store_open``'s job.
 """
 
 from __future__ import annotations
@@ -30,37 +34,12 @@ if TYPE_CHECKING:
 
     from landscape.probe import Result
 
-SCHEMA_VERSION = 1
+from landscape.store_open import SCHEMA_VERSION, StoreError, open_readonly, open_writable
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    name TEXT PRIMARY KEY, created_at REAL NOT NULL, meta_json TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS checkpoints (
-    run TEXT NOT NULL, step INTEGER NOT NULL, path TEXT, sha256 TEXT, PRIMARY KEY (run, step));
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL, step INTEGER NOT NULL, probe TEXT NOT NULL,
-    config_hash TEXT NOT NULL, config_json TEXT NOT NULL, created_at REAL NOT NULL,
-    valid INTEGER NOT NULL DEFAULT 1, message TEXT, UNIQUE (run, step, probe, config_hash));
-CREATE INDEX IF NOT EXISTS results_by_probe ON results (probe, run, step);
-CREATE TABLE IF NOT EXISTS scalars (
-    result INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE, key TEXT NOT NULL, value REAL,
-    PRIMARY KEY (result, key));
-CREATE TABLE IF NOT EXISTS arrays (
-    result INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE, key TEXT NOT NULL, dtype TEXT NOT NULL,
-    shape TEXT NOT NULL, npy BLOB NOT NULL, PRIMARY KEY (result, key));
-CREATE TABLE IF NOT EXISTS partial_rows (
-    run TEXT NOT NULL, step INTEGER NOT NULL, probe TEXT NOT NULL, config_hash TEXT NOT NULL,
-    row INTEGER NOT NULL, key TEXT NOT NULL, npy BLOB NOT NULL,
-    PRIMARY KEY (run, step, probe, config_hash, row, key));
-CREATE TABLE IF NOT EXISTS errors (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL, step INTEGER, probe TEXT NOT NULL,
-    config_hash TEXT, message TEXT NOT NULL, created_at REAL NOT NULL);
-"""
+__all__ = ["SCHEMA_VERSION", "PartialRowStore", "Store", "StoreError", "canonical_json", "config_hash"]
 
-
-class StoreError(RuntimeError):
-    """The store file cannot be opened or used as asked."""
+RESULT_COLUMNS = ["id", "run", "step", "probe", "config_hash", "config_json", "created_at", "valid", "message",
+                  "params_hash", "inputs_json", "checkpoint_sha256"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -121,49 +100,26 @@ class PartialRowStore:
 
 
 class Store:
-    """Open (or create) a run store; ``readonly=True`` for viewers (the file must exist)."""
+    """Open (or create) a run store; ``readonly=True`` for viewers (the file must exist).
+
+    A read-only store opens on read-only media too (``immutable`` is then True: nothing can change it).
+    A store of an older schema is read as it is, and migrated when opened for writing.
+    """
 
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.immutable = False
         self._lock = threading.RLock()
         if readonly:
-            if not self.path.is_file():
-                raise StoreError(f"store {self.path} does not exist.")
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            self._db = self._connect(uri, uri=True)
+            self._db, self.version, self.immutable = open_readonly(self.path)
         else:
-            if self.path.exists() and not self.path.is_file():
-                raise StoreError(f"store path {self.path} exists and is not a file.")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect(str(self.path), uri=False)
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(_SCHEMA)
-                if self._db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-                    self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            except sqlite3.DatabaseError as error:
-                self._db.close()
-                raise StoreError(f"{self.path} is not a landscape store ({error}).") from None
-        self._check_schema()
+            self._db, self.version = open_writable(self.path), SCHEMA_VERSION
+        self._columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
 
-    def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(target, uri=uri, timeout=30.0, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=30000")
-            return db
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"cannot open store {self.path}: {error}.") from None
-
-    def _check_schema(self) -> None:
-        try:
-            row = self._db.execute("SELECT version FROM schema_version").fetchone()
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{self.path} is not a landscape store ({error}).") from None
-        if row is None or int(row[0]) != SCHEMA_VERSION:
-            found = None if row is None else row[0]
-            raise StoreError(f"store {self.path} has schema version {found}; this version reads {SCHEMA_VERSION}.")
+    def _column(self, name: str, prefix: str = "") -> str:
+        """``prefix+name``, or NULL under that name for a store of an older schema that lacks the column."""
+        return f"{prefix}{name}" if name in self._columns else f"NULL AS {name}"
 
     # -- plumbing -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -232,27 +188,52 @@ class Store:
         return [int(r[0]) for r in self._query(sql, (run, probe) if probe else (run,))]
 
     # -- results ------------------------------------------------------------------------------------
-    def has_result(self, run: str, step: int, probe: str, config_hash: str) -> bool:
-        return bool(self._query(
-            "SELECT 1 FROM results WHERE run=? AND step=? AND probe=? AND config_hash=?",
-            (run, int(step), probe, config_hash),
-        ))
+    def has_result(self, run: str, step: int, probe: str, config_hash: str,
+                   checkpoint_sha256: str | None = None, since: float | None = None) -> bool:
+        """Whether that result is stored (with ``checkpoint_sha256``: computed on that checkpoint file; with
+        ``since``: written at or after that time)."""
+        sql = "SELECT 1 FROM results WHERE run=? AND step=? AND probe=? AND config_hash=?"
+        args: tuple = (run, int(step), probe, config_hash)
+        if checkpoint_sha256 is not None:
+            if "checkpoint_sha256" not in self._columns:
+                return False
+            sql += " AND checkpoint_sha256=?"
+            args += (checkpoint_sha256,)
+        if since is not None:
+            sql += " AND created_at >= ?"
+            args += (float(since),)
+        return bool(self._query(sql, args))
 
-    def write_result(self, run: str, step: int, probe: str, result: Result, *, config: str | None = None) -> int:
-        """Store one result atomically, replacing an earlier one with the same identity; returns its id."""
+    def results_like(self, run: str, step: int, probe: str, params_hash: str) -> list[dict[str, Any]]:
+        """The results of ``probe`` at ``step`` with the same params, whatever they were computed from, newest
+        first: each one's id, config hash, inputs (a dict, or None when not recorded) and checkpoint SHA-256."""
+        if "params_hash" not in self._columns:
+            return []
+        rows = self._query(
+            "SELECT id, config_hash, inputs_json, checkpoint_sha256 FROM results WHERE run=? AND step=? AND probe=? "
+            "AND params_hash=? ORDER BY id DESC", (run, int(step), probe, params_hash))
+        return [{"id": int(rid), "config_hash": chash, "inputs": json.loads(inputs) if inputs else None,
+                 "checkpoint_sha256": sha} for rid, chash, inputs, sha in rows]
+
+    def write_result(self, run: str, step: int, probe: str, result: Result, *, config: str | None = None,
+                     params_hash: str | None = None, inputs: Mapping[str, Any] | None = None,
+                     checkpoint_sha256: str | None = None) -> int:
+        """Store one result atomically, replacing an earlier one with the same identity, and release its
+        lease; returns its id. ``inputs`` records what it was computed from (``landscape.identity``)."""
         params = dict(result.params)
         chash = config or config_hash(probe, params)
         now = time.time()
+        key = (run, int(step), probe, chash)
         with self._transaction() as db:
             if not db.execute("SELECT 1 FROM runs WHERE name=?", (run,)).fetchone():
                 db.execute("INSERT INTO runs (name, created_at, meta_json) VALUES (?, ?, '{}')", (run, now))
-            db.execute(
-                "DELETE FROM results WHERE run=? AND step=? AND probe=? AND config_hash=?", (run, int(step), probe, chash)
-            )
+            db.execute("DELETE FROM results WHERE run=? AND step=? AND probe=? AND config_hash=?", key)
             cursor = db.execute(
-                "INSERT INTO results (run, step, probe, config_hash, config_json, created_at, valid, message) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run, int(step), probe, chash, canonical_json(params), now, int(result.valid), result.message),
+                "INSERT INTO results (run, step, probe, config_hash, config_json, created_at, valid, message, "
+                "params_hash, inputs_json, checkpoint_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, canonical_json(params), now, int(result.valid), result.message,
+                 params_hash or config_hash(probe, params), None if inputs is None else canonical_json(inputs),
+                 checkpoint_sha256),
             )
             rid = int(cursor.lastrowid)
             db.executemany(
@@ -262,19 +243,22 @@ class Store:
                 "INSERT INTO arrays VALUES (?, ?, ?, ?, ?)",
                 [(rid, k, str(a.dtype), json.dumps(list(a.shape)), encode_array(a)) for k, a in result.arrays.items()],
             )
-            db.execute(
-                "DELETE FROM partial_rows WHERE run=? AND step=? AND probe=? AND config_hash=?",
-                (run, int(step), probe, chash),
-            )
+            db.execute("DELETE FROM partial_rows WHERE run=? AND step=? AND probe=? AND config_hash=?", key)
+            db.execute("DELETE FROM claims WHERE run=? AND step=? AND probe=? AND config_hash=?", key)
         return rid
 
-    def write_error(self, run: str, step: int | None, probe: str, message: str, *, config: str | None = None) -> None:
-        """Record that a probe failed at a step (shown by ``landscape ls`` and the dashboard)."""
+    def write_error(self, run: str, step: int | None, probe: str, message: str, *, config: str | None = None,
+                    owner: str | None = None) -> None:
+        """Record that a probe failed at a step (shown by ``landscape ls`` and the dashboard); with ``owner``,
+        release that owner's lease on the result in the same transaction."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO errors (run, step, probe, config_hash, message, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (run, step, probe, config, message, time.time()),
             )
+            if owner is not None and config is not None:
+                db.execute("DELETE FROM claims WHERE run=? AND step=? AND probe=? AND config_hash=? AND owner=?",
+                           (run, step, probe, config, owner))
 
     def partial(self, run: str, step: int, probe: str, config_hash: str) -> PartialRowStore:
         """Row storage for an in-progress result (see ``landscape.probe.PartialRows``)."""
@@ -315,12 +299,12 @@ class Store:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
     def results(self, run: str | None = None, probe: str | None = None) -> pd.DataFrame:
-        """One row per stored result: id, run, step, probe, config_hash, config_json, created_at, valid, message."""
+        """One row per stored result: id, run, step, probe, config_hash, config_json, created_at, valid, message,
+        params_hash, inputs_json (what it was computed from) and checkpoint_sha256 (None in older stores)."""
         where, args = self._filters(run, probe)
-        columns = ["id", "run", "step", "probe", "config_hash", "config_json", "created_at", "valid", "message"]
+        selected = ", ".join(self._column(c, "r.") for c in RESULT_COLUMNS)
         return self._frame(
-            f"SELECT {', '.join('r.' + c for c in columns)} FROM results r{where} ORDER BY r.run, r.step, r.probe",
-            args, columns,
+            f"SELECT {selected} FROM results r{where} ORDER BY r.run, r.step, r.probe", args, list(RESULT_COLUMNS),
         )
 
     def scalars(self, run: str | None = None, probe: str | None = None, keys: list[str] | None = None) -> pd.DataFrame:
@@ -379,15 +363,24 @@ class Store:
                 frame.to_parquet(target, index=False)
             written.append(target)
         array_dir = out / "arrays"
-        for rid, run, step, probe, chash in self._query("SELECT id, run, step, probe, config_hash FROM results"):
+        used: set[str] = set()
+        for rid, run, step, probe, chash in self._query(
+                "SELECT id, run, step, probe, config_hash FROM results ORDER BY id"):
             arrays = {k: decode_array(b) for k, b in self._query("SELECT key, npy FROM arrays WHERE result=?", (rid,))}
             if arrays:
                 array_dir.mkdir(exist_ok=True)
-                target = array_dir / f"{_safe(run)}__step{int(step)}__{probe}__{chash}.npz"
+                name = f"{_safe(run)}__step{int(step)}__{_safe(probe)}__{_safe(chash)}"
+                if len(name) > 200 or name.lower() in used:  # long or clashing after sanitizing: add the id
+                    name = f"{name[:180]}__id{int(rid)}"
+                used.add(name.lower())
+                target = array_dir / f"{name}.npz"
                 np.savez_compressed(target, **arrays)
                 written.append(target)
         return written
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A file-name-safe form of a run or probe name: ASCII letters, digits and ``-_.`` kept, anything else
+    (path separators included) replaced by ``_``, never starting with a dot."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in str(name))
+    return "_" + safe if not safe or safe.startswith(".") else safe

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from landscape.callbacks.cadence import Cadence
+from landscape.callbacks.loss_guard import MeanLossGuard
 from landscape.callbacks.scalars import _float_dtype, _total_norm, logit_scalars, read_lr
 from landscape.callbacks.sinks import SinkSet
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
-from landscape.evaluate import LossFn, check_scalar_loss, evaluate
+from landscape.evaluate import LossError, LossFn, check_scalar_loss, evaluate
 from landscape.params import preserved
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class Monitor:
         self._lr: float | None = None
         self._warned: set[str] = set()
         self._wake = -(2**63)  # no step is skipped before the first call
+        self._loss_guard = MeanLossGuard(loss_fn)
         run_meta: dict[str, Any] = {
             "monitor_every": every,
             "probes": {s.name: s.params for s in self._specs},
@@ -313,6 +315,7 @@ class Monitor:
         scalars["weight_norm"] = _total_norm(params)
         if outputs is not None:
             if loss is None and targets is not None and self.loss_fn is not None:
+                self._loss_guard.check(outputs, targets)
                 with rng_preserved(), torch.no_grad():
                     loss = check_scalar_loss(self.loss_fn(outputs.detach(), targets))
             scalars.update(logit_scalars(outputs, targets, self.sc_dtype))
@@ -326,8 +329,10 @@ class Monitor:
             scalars["train_loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if self._test is not None and self.loss_fn is not None and (force or self.test_cadence.due(step)):
             self.test_cadence.mark(step)
+            test_data = self._on(self._test, _device_of(model), "test", None)
             with rng_preserved(), _eval_mode(model):
-                test = evaluate(model, self.loss_fn, self._on(self._test, _device_of(model), "test", None))
+                self._loss_guard.check_on(model, test_data)
+                test = evaluate(model, self.loss_fn, test_data)
             scalars["test_loss"] = test.loss
             if test.accuracy is not None:
                 scalars["test_accuracy"] = test.accuracy
@@ -342,6 +347,7 @@ class Monitor:
             targets = torch.cat([y for _, y in pairs])
             out = logit_scalars(outputs, targets, self.sc_dtype)
             if self.loss_fn is not None:
+                self._loss_guard.check(pairs[0][0], pairs[0][1])
                 total = sum(float(check_scalar_loss(self.loss_fn(o, y))) * int(y.shape[0]) for o, y in pairs)
                 out["train_loss"] = total / int(targets.shape[0])
         return out
@@ -367,6 +373,13 @@ class Monitor:
             context = preserved(target)
         else:
             target, context = model, preserved(model)
+        try:
+            self._loss_guard.check_on(target, train)
+        except LossError as error:
+            for spec in due:
+                spec.cadence.mark(step)
+                self._fail(spec.name, step, f"LossError: {error}", spec.config)
+            return
         with context:
             for spec in due:
                 spec.cadence.mark(step)

@@ -1,15 +1,14 @@
 """The `landscape` command end to end, in subprocesses, as a user runs it."""
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 import torch
+from cli_helpers import cli_command, landscape, tree_env
 from torch import nn
 
 USER_MODULE = textwrap.dedent(
@@ -41,9 +40,7 @@ USER_MODULE = textwrap.dedent(
 
 
 def _landscape(*args, cwd, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "landscape.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return landscape(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture()
@@ -133,7 +130,7 @@ def test_bad_checkpoints_are_reported_and_skipped(project):
     torch.save(nn.Linear(2, 2).state_dict(), project / "ckpts" / "step_000080.pt")
     done = _analyze(project)
     assert done.returncode == 1
-    assert "checkpoint file ckpts/step_000070.pt is truncated or not a checkpoint" in done.stderr
+    assert "checkpoint file ckpts/step_000070.pt is a text file (it starts with " in done.stderr
     assert "step_000080.pt does not fit the model" in done.stderr
     assert _count(project / "s.sqlite") == 6 and _count(project / "s.sqlite", "errors") == 2
 
@@ -151,24 +148,70 @@ def test_malicious_checkpoint_is_refused(project):
     assert not marker.exists()
 
 
-def test_killed_analyze_resumes_without_recomputing(project):
+def _snapshot(path):
+    """Every stored number, bit for bit: (run, step, probe, key, value) scalars and (…, key, npy bytes) arrays."""
+    db = sqlite3.connect(path)
+    try:
+        scalars = db.execute("SELECT r.run, r.step, r.probe, s.key, s.value FROM scalars s JOIN results r "
+                             "ON r.id = s.result ORDER BY 1, 2, 3, 4").fetchall()
+        arrays = db.execute("SELECT r.run, r.step, r.probe, a.key, a.npy FROM arrays a JOIN results r "
+                            "ON r.id = a.result ORDER BY 1, 2, 3, 4").fetchall()
+    finally:
+        db.close()
+    return scalars, arrays
+
+
+def _integrity(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+KILL_CMD = ("analyze", "--model", "user.py:make_model", "--data", "user.py:make_data", "--loss", "user.py:slow_loss",
+            "--checkpoints", "ckpts", "--probes", "metrics", "--store", "s.sqlite", "--quiet")
+
+
+def _run_and_kill(project, until):
+    """Start the analysis and kill -9 it as soon as ``until(store)`` holds; the number of results then stored."""
     store = project / "s.sqlite"
-    cmd = [sys.executable, "-m", "landscape.cli", "analyze", "--model", "user.py:make_model", "--data",
-           "user.py:make_data", "--loss", "user.py:slow_loss", "--checkpoints", "ckpts", "--probes", "metrics",
-           "--store", "s.sqlite", "--quiet"]
-    process = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while _count(store) < 2 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    stored = _count(store)
-    assert 2 <= stored < 6, "the run should have been killed part-way"
-    done = _landscape(*cmd[3:], cwd=project)
+    process = subprocess.Popen(cli_command(*KILL_CMD), cwd=project, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=tree_env())
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None and not until(store):
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert store.exists(), "the run should have created its store before it was killed"
+    assert _integrity(store) == "ok"
+    return _count(store)
+
+
+def test_killed_analyze_resumes_without_recomputing(project, monkeypatch, capsys):
+    """kill -9 once the store file appears (its creation and first writes), then again two results later: each
+    time the store passes SQLite's integrity check, and the same command finishes it with results bit for bit
+    those of an uninterrupted run."""
+    first = _run_and_kill(project, lambda store: store.exists())
+    assert first < 6, "the run should have been killed part-way"
+    second = _run_and_kill(project, lambda store: store.exists() and _count(store) >= first + 2)
+    assert first + 2 <= second < 6, "the resumed run should have been killed part-way"
+    done = _landscape(*KILL_CMD, cwd=project)
     assert done.returncode == 0, done.stderr
-    assert f"{6 - stored} computed, {stored} already stored" in done.stderr
+    assert f"{6 - second} computed, {second} already stored" in done.stderr
+    store = project / "s.sqlite"
+    assert _integrity(store) == "ok"
     db = sqlite3.connect(store)
     assert db.execute("SELECT COUNT(*), COUNT(DISTINCT step) FROM results").fetchone() == (6, 6)
+    assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+    db.close()
+    from landscape.cli import main
+
+    monkeypatch.chdir(project)  # the uninterrupted reference, in this process
+    assert main([*KILL_CMD[:-2], "reference.sqlite", "--quiet"]) == 0, capsys.readouterr().err
+    assert _snapshot(store) == _snapshot(project / "reference.sqlite")
 
 
 def test_probes_listing_and_version(project):

@@ -1,17 +1,15 @@
 """`landscape demo` end to end: train, analyze with every registered probe, and reproduce from run.toml."""
 
 import os
-import subprocess
-import sys
+
+from cli_helpers import landscape
 
 import probes
 from landscape.store import Store
 
 
 def _landscape(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "landscape.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return landscape(*args, cwd=cwd, timeout=600)
 
 
 def test_demo_builds_every_probe_at_every_checkpoint_and_its_config_reproduces_it(tmp_path):

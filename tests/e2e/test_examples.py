@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli_helpers import tree_env
+
 from landscape.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -12,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_analyze_checkpoints_example(tmp_path):
     script = ROOT / "examples" / "analyze_checkpoints.py"
     done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path / "cnn")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=tree_env())
     assert done.returncode == 0, done.stderr
     assert "16 result(s) computed, 0 reused, 0 error(s)" in done.stdout
     assert len(list((tmp_path / "cnn" / "checkpoints").glob("epoch=*-step=*.ckpt"))) == 4
@@ -25,7 +27,7 @@ def test_analyze_checkpoints_example(tmp_path):
     assert abs(float(last_row[2]) - float(lambda_max[-1])) <= 0.005 + 1e-9
 
     again = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path / "cnn")],
-                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=tree_env())
     assert again.returncode == 0, again.stderr
     assert "0 result(s) computed, 16 reused" in again.stdout
 

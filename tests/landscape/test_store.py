@@ -83,7 +83,7 @@ def test_not_a_store(tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(StoreError):
         Store(tmp_path / "junk.sqlite")
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
 
 
 def test_change_token_moves_on_every_write(tmp_path):
