@@ -81,7 +81,7 @@ def run_probes(
     *,
     model_factory: Callable[[], nn.Module],
     loss_fn: LossFn,
-    train: object,
+    train: object | None,
     checkpoints: Sequence[Checkpoint],
     probes: Mapping[str, Mapping[str, Any]],
     store: Store,
@@ -97,20 +97,34 @@ def run_probes(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> RunReport:
-    """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``."""
+    """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``.
+
+    ``train`` may be None when every probe is data-free (``needs_data = False``); the data are then neither
+    materialized nor checked, and a data-free probe's result identity never depends on them.
+    """
     from landscape import probe as probe_registry
 
     emit = log or (lambda text: print(text, file=sys.stderr))
     device = pick_device(device)
     selected = {name: probe_registry.get(name) for name in probes}
     resolved = {name: probe_registry.resolve_params(selected[name], probes[name]) for name in probes}
-    train_batches: Batches = as_batches(train, device=device, max_samples=max_samples, seed=seed,
-                                        batch_size=batch_size, name="train data")
-    test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
-                                                        batch_size=batch_size, name="test data")
-    data_settings = {"max_samples": max_samples, "seed": seed, "n_train": train_batches.n_samples,
-                     "n_test": None if test_batches is None else test_batches.n_samples}
-    hashes = {name: result_identity(name, resolved[name], data_settings) for name in probes}
+    data_free = {name for name, probe in selected.items() if not probe_registry.needs_data(probe)}
+    uses_data = len(data_free) < len(selected)
+    if uses_data and train is None:
+        raise DataError(f"train data is required by the probe(s) {', '.join(sorted(set(selected) - data_free))}; "
+                        "only data-free probes (such as weights) run without it.")
+    if uses_data:
+        train_batches: Batches = as_batches(train, device=device, max_samples=max_samples, seed=seed,
+                                            batch_size=batch_size, name="train data")
+        test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples,
+                                                            seed=seed, batch_size=batch_size, name="test data")
+        data_settings = {"max_samples": max_samples, "seed": seed, "n_train": train_batches.n_samples,
+                         "n_test": None if test_batches is None else test_batches.n_samples}
+    else:  # every probe reads only the weights: the data are neither loaded nor checked
+        train_batches, test_batches, data_settings = Batches(()), None, {}
+    # A data-free probe's result does not depend on the data, so the data settings stay out of its identity.
+    hashes = {name: result_identity(name, resolved[name], {} if name in data_free else data_settings)
+              for name in probes}
     ordered = sorted(checkpoints)
     store.add_run(run, {"lr": lr} if lr is not None else {})
 
@@ -138,7 +152,8 @@ def run_probes(
                 if model is None:
                     model = model_factory().to(device)
                     load_into(model, state, checkpoint.path)
-                    _preflight(model, loss_fn, train_batches)
+                    if uses_data:
+                        _preflight(model, loss_fn, train_batches)
                 else:
                     load_into(model, state, checkpoint.path)
             except CheckpointError as error:
