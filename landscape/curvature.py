@@ -1,4 +1,4 @@
-"""The curvature of the mean loss as a linear operator, and the numerical kernels that read it.
+"""The curvature of the mean loss as a linear operator (the kernels that read it: :mod:`landscape.krylov`).
 
 Definitions (θ: the selected trainable parameters as one flat vector; batches b = 1..B of n_b samples,
 N = Σ_b n_b; ``L_b`` the loss function's mean over batch b; z = model(x_b) the outputs):
@@ -16,11 +16,12 @@ fixed, deterministic function of θ over the given samples and the operator is o
 independent of how the samples are cut into batches. (In train mode BatchNorm couples the samples of
 a batch, and the "Hessian" would change with the batch composition.)
 
-The kernels work on any object with ``size``, ``dtype``, ``device`` and ``matmat`` (see
-:class:`Operator`): :func:`lanczos` (top or bottom eigenpairs, full reorthogonalization, thick restart,
-convergence on Ritz residuals), the trace estimators :func:`hutchinson`, :func:`hutch_plus_plus`,
-:func:`xtrace` and :func:`exact_trace`, and stochastic Lanczos quadrature :func:`slq` (all chains
-advanced together, one ``matmat`` per step).
+The kernels that read it live in :mod:`landscape.krylov` and work on any object with ``size``,
+``dtype``, ``device`` and ``matmat`` (see :class:`~landscape.krylov.operators.Operator`):
+:func:`lanczos` (top or bottom eigenpairs, full reorthogonalization, thick restart, convergence on
+Ritz residuals), the trace estimators :func:`hutchinson`, :func:`hutch_plus_plus`, :func:`xtrace` and
+:func:`exact_trace`, and stochastic Lanczos quadrature :func:`slq` (all chains advanced together, one
+``matmat`` per step). They are re-exported here, so ``from landscape.curvature import lanczos`` works.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,7 +37,49 @@ from torch import nn
 
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossError, LossFn, check_scalar_loss
+from landscape.krylov import (
+    TRACE_METHODS,
+    TRACE_MIN_MATVEC,
+    DenseOperator,
+    LanczosResult,
+    Operator,
+    Quadrature,
+    TraceResult,
+    exact_trace,
+    hutch_plus_plus,
+    hutchinson,
+    lanczos,
+    slq,
+    xtrace,
+)
 from landscape.params import trainable_parameters
+
+__all__ = [
+    # the operator (this module)
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "KINDS",
+    "CurvatureOperator",
+    "NonFiniteLossError",
+    "ParamSelector",
+    "check_mean_loss",
+    "eval_mode",
+    "select_parameters",
+    # the kernels, re-exported from landscape.krylov
+    "TRACE_METHODS",
+    "TRACE_MIN_MATVEC",
+    "DenseOperator",
+    "LanczosResult",
+    "Operator",
+    "Quadrature",
+    "TraceResult",
+    "exact_trace",
+    "hutch_plus_plus",
+    "hutchinson",
+    "lanczos",
+    "slq",
+    "xtrace",
+]
 
 KINDS = ("hessian", "ggn")
 BACKENDS = ("autograd", "autograd_batched", "func")
@@ -147,39 +188,8 @@ def _check_is_mean(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.
 
 
 # --------------------------------------------------------------------------------------------------
-# Operators
+# The operator
 # --------------------------------------------------------------------------------------------------
-
-
-class Operator(Protocol):
-    """What the kernels need: a symmetric n×n operator applied to blocks of column vectors."""
-
-    size: int
-    dtype: torch.dtype
-    device: torch.device
-
-    def matmat(self, vectors: torch.Tensor) -> torch.Tensor: ...
-
-
-class DenseOperator:
-    """An explicit symmetric matrix as an :class:`Operator` (reference computations and tests)."""
-
-    def __init__(self, matrix: torch.Tensor | np.ndarray) -> None:
-        matrix = torch.as_tensor(matrix)
-        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"matrix must be square, got shape {tuple(matrix.shape)}.")
-        self.matrix = matrix
-        self.size = int(matrix.shape[0])
-        self.dtype = matrix.dtype
-        self.device = matrix.device
-        self.n_hvp = 0
-
-    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
-        return self.matmat(vector.reshape(-1, 1)).reshape(-1)
-
-    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
-        self.n_hvp += int(vectors.shape[1])
-        return self.matrix @ vectors.to(self.device, self.dtype)
 
 
 class CurvatureOperator:
@@ -449,387 +459,3 @@ class CurvatureOperator:
                 return pull(output_hessian(jv)[0])[0]
 
         return vmap(product)(rows).detach()
-
-
-# --------------------------------------------------------------------------------------------------
-# Small helpers shared by the kernels
-# --------------------------------------------------------------------------------------------------
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(int(seed))
-
-
-def _gaussian(op: Operator, k: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(op.size, k, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
-
-
-def _rademacher(op: Operator, k: int, generator: torch.Generator) -> torch.Tensor:
-    signs = torch.randint(0, 2, (op.size, k), generator=generator, dtype=torch.int8)
-    return (signs.to(torch.float64) * 2 - 1).to(op.device, op.dtype)
-
-
-def _column_dots(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    return (a * b).sum(dim=0).to("cpu", torch.float64).numpy()
-
-
-def _eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps)
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
-def _orthogonalize(block: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Remove the components of ``block`` along an orthonormal ``basis`` (twice: classical GS with
-    reorthogonalization keeps the result orthogonal to working precision)."""
-    if basis.shape[1] == 0:
-        return block
-    for _ in range(2):
-        block = block - basis @ (basis.T @ block)
-    return block
-
-
-# --------------------------------------------------------------------------------------------------
-# Lanczos
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LanczosResult:
-    """Ritz pairs from :func:`lanczos`, ordered by ``which`` (LA: largest first; SA: smallest first).
-
-    ``residuals[i] = ‖H yᵢ − θᵢ yᵢ‖`` for the unit Ritz vector yᵢ (from the Lanczos relation),
-    ``n_matvec`` operator-vector products, ``n_steps`` block steps.
-    """
-
-    values: np.ndarray
-    vectors: torch.Tensor | None
-    residuals: np.ndarray
-    n_matvec: int
-    n_steps: int
-    converged: bool
-
-
-def lanczos(
-    op: Operator,
-    k: int,
-    *,
-    which: str = "LA",
-    tol: float = 1e-5,
-    max_iter: int | None = None,
-    block_size: int = 1,
-    max_basis: int | None = None,
-    seed: int = 0,
-    return_vectors: bool = False,
-) -> LanczosResult:
-    """The k largest (``which="LA"``) or smallest (``"SA"``) eigenvalues of a symmetric operator.
-
-    Block Lanczos (``block_size`` vectors per step, one ``matmat`` each) with full reorthogonalization:
-    the basis Q is kept orthonormal and T = QᵀHQ is formed explicitly from the products, so the Ritz
-    values are exact Rayleigh–Ritz values of the current subspace. The residual of a Ritz pair
-    (θ, Qy) is ``‖B y_last‖``, where B couples the last block to the next (Lanczos relation). Stops when
-    every wanted residual is ``≤ tol · max(|θ|, 1e-3 · max|θ_all|)`` (relative accuracy, not demanding
-    below-noise accuracy for eigenvalues 1000× smaller than the spectral radius), when the basis spans
-    the whole space (exact), or after ``max_iter`` steps. When the basis reaches ``max_basis`` vectors it
-    is thick-restarted on the best Ritz vectors. A breakdown (invariant subspace found) continues from
-    fresh random directions. Single-vector Lanczos (``block_size=1``) finds one copy of a repeated
-    eigenvalue per restart; use a block at least as large as the expected multiplicity.
-    """
-    n = op.size
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer between 1 and the operator size {n}, got {k}.")
-    if which not in ("LA", "SA"):
-        raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}.")
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol}.")
-    if block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size}.")
-    b = min(int(block_size), n)
-    basis_cap = min(n, max(max_basis or max(3 * k + 30, 50), k + 2 * b))
-    steps_cap = max_iter if max_iter is not None else math.ceil((20 * k + 200) / b)
-    if steps_cap < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter}.")
-    generator = _generator(seed)
-    block, _ = torch.linalg.qr(_gaussian(op, b, generator))
-    basis = block.new_zeros(n, 0)
-    projected = np.zeros((0, 0))
-    n_matvec = steps = 0
-    while True:
-        image = op.matmat(block)
-        steps += 1
-        n_matvec += block.shape[1]
-        cross = _to_numpy(basis.T @ image)
-        diag = _to_numpy(block.T @ image)
-        projected = np.block([[projected, cross], [cross.T, (diag + diag.T) / 2]])
-        basis = torch.cat([basis, block], dim=1)
-        image = _orthogonalize(image, basis)
-        theta, ritz = np.linalg.eigh(projected)
-        scale = float(np.max(np.abs(theta))) if theta.size else 0.0
-        nxt, coupling = _next_block(image, basis, b, scale, op, generator)
-        order = np.argsort(-theta if which == "LA" else theta, kind="stable")
-        wanted = order[: min(k, len(theta))]
-        last = ritz[-block.shape[1] :, wanted]
-        residuals = np.linalg.norm(coupling @ last, axis=0) if coupling.size else np.zeros(len(wanted))
-        floor = 1e-3 * scale
-        done = basis.shape[1] >= k and bool(np.all(residuals <= tol * np.maximum(np.abs(theta[wanted]), floor)))
-        exhausted = basis.shape[1] >= n or nxt.shape[1] == 0
-        if done or exhausted or steps >= steps_cap:
-            converged = done or exhausted
-            break
-        if basis.shape[1] + nxt.shape[1] > basis_cap:
-            keep_count = min(max(k, (basis_cap + k) // 2), basis_cap - nxt.shape[1], basis.shape[1])
-            keep = order[:keep_count]
-            basis = basis @ torch.from_numpy(ritz[:, keep]).to(basis)
-            projected = np.diag(theta[keep])
-        block = nxt
-    vectors = None
-    if return_vectors:
-        vectors = basis @ torch.from_numpy(ritz[:, wanted]).to(basis)
-    return LanczosResult(
-        values=theta[wanted].copy(), vectors=vectors, residuals=residuals, n_matvec=n_matvec, n_steps=steps,
-        converged=converged,
-    )
-
-
-def _next_block(residual: torch.Tensor, basis: torch.Tensor, b: int, scale: float, op: Operator,
-                generator: torch.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """Orthonormal next block X and coupling B with ``residual = X B`` (rank-revealing).
-
-    Directions whose residual is at rounding level (an invariant subspace was found) are dropped from B
-    and replaced by fresh random directions orthogonal to everything so far (coupling 0).
-    """
-    room = op.size - basis.shape[1]
-    width = residual.shape[1]
-    if room <= 0:
-        return basis.new_zeros(op.size, 0), np.zeros((0, width))
-    q, r = torch.linalg.qr(residual)
-    u, s, vh = np.linalg.svd(_to_numpy(r))
-    threshold = 100 * _eps(op.dtype) * max(scale, 1e-30)
-    rank = min(int(np.sum(s > threshold)), room)
-    block = q @ torch.from_numpy(u[:, :rank]).to(q)
-    coupling = s[:rank, None] * vh[:rank]
-    fill = min(b, room) - rank
-    if fill > 0:
-        fresh = _orthogonalize(_gaussian(op, fill, generator), torch.cat([basis, block], dim=1))
-        fresh, _ = torch.linalg.qr(fresh)
-        block = torch.cat([block, fresh], dim=1)
-        coupling = np.vstack([coupling, np.zeros((fill, width))])
-    return block, coupling
-
-
-# --------------------------------------------------------------------------------------------------
-# Trace estimators
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TraceResult:
-    """A trace estimate, its standard error (see each estimator) and the operator products spent."""
-
-    value: float
-    stderr: float
-    n_matvec: int
-
-
-def exact_trace(op: Operator) -> TraceResult:
-    """``tr(H) = Σᵢ eᵢᵀ H eᵢ`` from the n unit vectors (n products; exact up to rounding)."""
-    total, chunk = 0.0, 64
-    for start in range(0, op.size, chunk):
-        stop = min(op.size, start + chunk)
-        units = torch.zeros(op.size, stop - start, dtype=op.dtype, device=op.device)
-        units[torch.arange(start, stop), torch.arange(stop - start)] = 1
-        total += float(np.sum(np.diag(_to_numpy(op.matmat(units)[start:stop]))))
-    return TraceResult(value=total, stderr=0.0, n_matvec=op.size)
-
-
-# The fewest products each estimator takes: Hutchinson needs two samples for its stderr; Hutch++ two
-# deflated samples after its s ≥ 1 sketch and HQ products; XTrace two test vectors.
-TRACE_MIN_MATVEC: dict[str, int] = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
-
-
-def _check_budget(n_matvec: int, name: str) -> None:
-    minimum = TRACE_MIN_MATVEC[name]
-    if not isinstance(n_matvec, (int, np.integer)) or n_matvec < minimum:
-        raise ValueError(f"n_matvec must be an integer ≥ {minimum} for {name}, got {n_matvec}.")
-
-
-def _quadratic_forms(op: Operator, vectors: torch.Tensor) -> np.ndarray:
-    """``vᵢᵀ H vᵢ`` for every column."""
-    return _column_dots(vectors, op.matmat(vectors))
-
-
-def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
-    """Hutchinson's estimator: the mean of ``zᵀHz`` over Rademacher vectors z (unbiased).
-
-    stderr = sample standard deviation of the ``zᵀHz`` / √n_matvec.
-    """
-    _check_budget(n_matvec, "hutchinson")
-    samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed)))
-    return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
-
-
-def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
-    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): deflate the top of the spectrum, then Hutchinson.
-
-    With s = n_matvec // 3 Rademacher sketch vectors S: Q = orth(H S) (s products), the exact part
-    ``tr(QᵀHQ)`` (s products), and Hutchinson on the deflated ``(I−QQᵀ) H (I−QQᵀ)`` with the remaining
-    n_matvec − 2s Rademacher vectors. Unbiased for any Q. stderr is the Hutchinson standard error of the
-    deflated part (sample std / √(n_matvec − 2s)), i.e. conditional on the sketch; it is 0 when the
-    deflated part vanishes (rank of H ≤ s: the estimate is then exact).
-    """
-    _check_budget(n_matvec, "hutch++")
-    generator = _generator(seed)
-    s = min(n_matvec // 3, op.size)
-    rest = n_matvec - 2 * s
-    sketch = op.matmat(_rademacher(op, s, generator))
-    q, _ = torch.linalg.qr(sketch)
-    tail = _orthogonalize(_rademacher(op, rest, generator), q)
-    # HQ and the deflated test vectors in one block: one pass over the data instead of two
-    both = torch.cat([q, tail], dim=1)
-    forms = _column_dots(both, op.matmat(both))
-    top, samples = float(np.sum(forms[:s])), forms[s:]
-    # rest ≥ n_matvec/3 ≥ 2 (s ≤ n_matvec // 3), so the sample std is defined
-    return TraceResult(top + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(rest)), 2 * s + rest)
-
-
-def xtrace(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
-    """XTrace (Epperly, Tropp & Webber 2024): the exchangeable version of Hutch++.
-
-    With m = n_matvec // 2 Gaussian test vectors Ω and Y = HΩ = QR, each leave-one-out estimate i uses
-    the basis of range(Y without column i), Qᵢ = Q(I − sᵢsᵢᵀ) with sᵢ ∝ R⁻ᵀeᵢ, and the test vector ωᵢ
-    (independent of Qᵢ) for the remainder, rescaled to the expected norm of its projection:
-
-        tᵢ = tr(QᵢᵀHQᵢ) + (n − m + 1) · uᵢᵀHuᵢ / ‖uᵢ‖²,   uᵢ = (I − QᵢQᵢᵀ) ωᵢ.
-
-    value = mean tᵢ (2m products: HΩ and HQ); stderr = std(tᵢ) / √m, the paper's error estimate.
-    When Y is rank-deficient the range of H is inside range(Q) and the value tr(QᵀHQ) is exact.
-    """
-    _check_budget(n_matvec, "xtrace")
-    generator = _generator(seed)
-    n = op.size
-    m = min(n_matvec // 2, n)
-    omega = _gaussian(op, m, generator)
-    y = op.matmat(omega)
-    q, r = torch.linalg.qr(y)
-    z = op.matmat(q)
-    h = _to_numpy(q.T @ z)
-    h = (h + h.T) / 2
-    r_np = _to_numpy(r)
-    singular = np.linalg.svd(r_np, compute_uv=False)
-    if m == n or singular[-1] <= 10 * m * _eps(op.dtype) * singular[0]:
-        return TraceResult(float(np.trace(h)), 0.0, 2 * m)
-    w = _to_numpy(q.T @ omega)  # coordinates of ωᵢ in range(Q)
-    t = _to_numpy(z.T @ omega)  # column i: (HQ)ᵀωᵢ
-    omega_h_omega = _column_dots(omega, y)
-    omega_sq = _column_dots(omega, omega)
-    s_dirs = np.linalg.solve(r_np.T, np.eye(m))
-    s_dirs /= np.linalg.norm(s_dirs, axis=0, keepdims=True)
-    estimates = np.empty(m)
-    trace_h = float(np.trace(h))
-    for i in range(m):
-        s_i, w_i, t_i, r_i = s_dirs[:, i], w[:, i], t[:, i], r_np[:, i]
-        c = float(s_i @ w_i)
-        hs = h @ s_i
-        # u = ω − Q w + c Q s;  H u = y − Z w + c Z s;  every term of uᵀHu reduced to m-dimensional products.
-        quad = (
-            omega_h_omega[i] - t_i @ w_i + c * (t_i @ s_i)
-            - w_i @ r_i + w_i @ h @ w_i - c * (w_i @ hs)
-            + c * (s_i @ r_i) - c * (hs @ w_i) + c * c * (s_i @ hs)
-        )
-        norm_sq = omega_sq[i] - (w_i @ w_i - c * c)
-        estimates[i] = trace_h - s_i @ hs + (n - m + 1) * quad / norm_sq
-    return TraceResult(float(estimates.mean()), float(estimates.std(ddof=1) / math.sqrt(m)), 2 * m)
-
-
-TRACE_METHODS: dict[str, Callable[..., TraceResult]] = {
-    "hutchinson": hutchinson,
-    "hutch++": hutch_plus_plus,
-    "xtrace": xtrace,
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Stochastic Lanczos quadrature
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Quadrature:
-    """Gauss quadrature of the spectral measure seen from each of ``n_runs`` random start vectors.
-
-    ``nodes[r]`` are the Ritz values of chain r, ``weights[r]`` the squared first components of its Ritz
-    vectors (each row sums to 1). A chain that found an invariant subspace early is padded with
-    zero-weight nodes.
-    """
-
-    nodes: np.ndarray
-    weights: np.ndarray
-    n_matvec: int
-
-
-def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonalize: bool = True) -> Quadrature:
-    """Stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
-
-    Each chain starts from a normalized Rademacher vector v and runs ``n_steps`` Lanczos steps, giving the
-    tridiagonal T; with T = U diag(θ) Uᵀ, the measure Σⱼ U[0,j]² δ(t − θⱼ) approximates
-    ``vᵀ δ(t − H) v``, whose expectation is the spectral density (1/n) Σᵢ δ(t − λᵢ). All chains advance
-    together: one ``matmat`` of the active chains per step. Full reorthogonalization (default) keeps every
-    chain's basis, ``n_runs · n_steps`` vectors of the operator's size; without it only the three-term
-    recurrence is used (memory of 2 vectors per chain, spurious copies of outlying Ritz values possible).
-    """
-    if not isinstance(n_runs, (int, np.integer)) or n_runs < 1:
-        raise ValueError(f"n_runs must be a positive integer, got {n_runs}.")
-    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}.")
-    n = op.size
-    current = _rademacher(op, n_runs, _generator(seed)) / math.sqrt(n)
-    previous = torch.zeros_like(current)
-    history = (
-        torch.zeros(n_runs, n_steps, n, dtype=op.dtype, device=op.device) if reorthogonalize else None
-    )
-    alphas = np.zeros((n_runs, n_steps))
-    betas = np.zeros((n_runs, n_steps))
-    lengths = np.full(n_runs, n_steps)
-    active = np.arange(n_runs)
-    n_matvec = 0
-    scale = 0.0
-    for step in range(n_steps):
-        idx = torch.from_numpy(active).to(op.device)
-        v = current[:, idx]
-        w = op.matmat(v)
-        n_matvec += len(active)
-        alpha = _column_dots(v, w)
-        alphas[active, step] = alpha
-        if history is not None:
-            history[idx, step] = v.T
-            # [chains, steps so far, n]; a view when every chain is still running
-            past = history[:, : step + 1] if active.size == n_runs else history[idx, : step + 1]
-            for _ in range(2):
-                coeffs = torch.einsum("cjn,nc->cj", past, w)
-                w = w - torch.einsum("cjn,cj->nc", past, coeffs)
-        else:
-            w = w - v * torch.from_numpy(alpha).to(w) - previous[:, idx] * torch.from_numpy(
-                betas[active, step - 1] if step else np.zeros(len(active))).to(w)
-        if step == n_steps - 1:
-            break
-        beta = np.sqrt(np.maximum(_column_dots(w, w), 0.0))
-        scale = max(scale, float(np.max(np.abs(alpha))), float(np.max(beta)))
-        alive = beta > 100 * _eps(op.dtype) * max(scale, 1e-30)
-        betas[active, step] = np.where(alive, beta, 0.0)
-        lengths[active[~alive]] = step + 1
-        previous[:, idx] = v
-        current[:, idx] = w / torch.from_numpy(np.where(alive, beta, 1.0)).to(w)
-        active = active[alive]
-        if active.size == 0:
-            break
-    nodes = np.zeros((n_runs, n_steps))
-    weights = np.zeros((n_runs, n_steps))
-    for run in range(n_runs):
-        size = int(lengths[run])
-        tri = np.diag(alphas[run, :size]) + np.diag(betas[run, : size - 1], 1) + np.diag(betas[run, : size - 1], -1)
-        theta, vecs = np.linalg.eigh(tri)
-        nodes[run, :size], weights[run, :size] = theta, vecs[0] ** 2
-        nodes[run, size:] = theta[0]
-    return Quadrature(nodes=nodes, weights=weights, n_matvec=n_matvec)

@@ -1,27 +1,10 @@
-"""Watch a training run live: cheap scalars every few steps, registered probes on their own cadence.
+"""The :class:`Monitor`: cheap scalars and registered probes written into a run store during training.
 
-:class:`Monitor` is called from any training loop (``monitor.step(model, step, ...)``) and writes into a
-run store, one committed record at a time, so the dashboard can follow the run while it trains and a
-crash loses at most the record being written. Two kinds of records:
-
-* ``monitor`` (every ``every`` steps, cheap): ``train_loss`` (the loss passed in, else measured), ``lr``
-  (read from the optimizer), ``grad_norm`` (from the ``.grad`` already there — no extra backward),
-  ``weight_norm``, ``logit_norm``, ``max_logit_mean``, ``sc_fraction`` and ``train_accuracy`` (from the
-  ``outputs``/``targets`` passed in, else one forward pass over a fixed small subset of ``data``), and
-  ``test_loss``/``test_accuracy`` when test data is given.
-* any registered probe (``probes={"grokking": {...}}``), each on its own cadence: every ``probe_every``
-  steps (``schedule="linear"``) or log-spaced (``schedule="log"``: the gap between runs grows with the
-  step, at least ``probe_every``). A probe's params dict may hold ``"every"`` and ``"schedule"`` to set
-  its own cadence.
-
-Measuring never disturbs training: after ``step`` returns, the weights and buffers (bit for bit), every
-module's train/eval mode, every ``.grad``, the optimizer state and the Python, NumPy and torch random
-number generator states are exactly as before. A probe that raises, or returns NaN, is recorded with
-``Store.write_error`` (a warning is shown once per probe) and training goes on.
-
-The Lightning and Hugging Face adapters (``LandscapeCallback``/``MonitorCallback`` and
-``LandscapeTrainerCallback``) are thin layers over :class:`Monitor`; they are built on first access and
-need their framework installed (``pip install landscape[lightning]`` / ``landscape[hf]``).
+Each record is one committed write, so a reader can follow the run live and a crash loses at most the
+record being written. Measuring leaves the training state exactly as it was (weights, buffers, modes,
+gradients, optimizer state, random number generators); a failing probe or store write is recorded or
+warned about once, and training goes on. The package docstring (``landscape.callbacks``) lists what
+each record holds.
 """
 
 from __future__ import annotations
@@ -41,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.callbacks.cadence import Cadence
+from landscape.callbacks.scalars import _float_dtype, _total_norm, logit_scalars, read_lr
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, check_scalar_loss, evaluate
@@ -50,66 +35,9 @@ if TYPE_CHECKING:
     from landscape.probe import Probe, Result
     from landscape.store import Store
 
-# The adapters LandscapeCallback/MonitorCallback and LandscapeTrainerCallback are served by __getattr__ below
-# (built on first access), so they are not listed here: `import *` must not need either framework.
-__all__ = ["Cadence", "HFHooks", "LightningHooks", "LogitsOnly", "Monitor", "logit_scalars", "read_lr", "rng_preserved"]
+__all__ = ["MONITOR_PROBE", "LogitsOnly", "Monitor", "rng_preserved"]
 
 MONITOR_PROBE = "monitor"
-
-
-# -- cadence ------------------------------------------------------------------------------------------
-class Cadence:
-    """Decides at which steps something runs.
-
-    ``linear``: at every multiple of ``every`` (a call that skips over one runs at the first step past it).
-    ``log``: at the first call, then whenever ``step ≥ next``, with ``next = max(step + every,
-    round(step · 10^(1/points_per_decade)))`` — dense early, geometric later, so a long run is covered
-    with few evaluations.
-    """
-
-    def __init__(self, every: int, schedule: str = "linear", points_per_decade: int = 10) -> None:
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}.")
-        if schedule not in ("linear", "log"):
-            raise ValueError(f"schedule must be 'linear' or 'log', got {schedule!r}.")
-        if not isinstance(points_per_decade, int) or points_per_decade < 1:
-            raise ValueError(f"points_per_decade must be a positive integer, got {points_per_decade!r}.")
-        self.every = every
-        self.schedule = schedule
-        self.ratio = 10.0 ** (1.0 / points_per_decade)
-        self._next: int | None = None
-        self._last: int | None = None  # the step it last ran at
-
-    def _start(self, step: int) -> None:
-        # linear: the first multiple at or after the first step seen, so a later call past it still runs
-        if self._next is None and self.schedule == "linear":
-            self._next = -(-step // self.every) * self.every
-
-    def due(self, step: int) -> bool:
-        """True if the thing should run at ``step`` (does not advance the cadence)."""
-        self._start(step)
-        if self._next is None:
-            return True  # log: the first call
-        return step >= self._next
-
-    def first_due(self, step: int) -> int:
-        """The first step ``≥ step`` at which :meth:`due` holds (if nothing runs in between)."""
-        self._start(step)
-        if self._next is None:
-            return step
-        return max(self._next, step)
-
-    def ran_at(self, step: int) -> bool:
-        """True if it last ran at exactly ``step``."""
-        return self._last == step
-
-    def mark(self, step: int) -> None:
-        """Record that it ran at ``step``."""
-        self._last = step
-        if self.schedule == "linear":
-            self._next = (step // self.every + 1) * self.every
-        else:
-            self._next = max(step + self.every, int(round(step * self.ratio)))
 
 
 # -- keeping training state untouched -------------------------------------------------------------------
@@ -144,63 +72,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def _device_of(model: nn.Module) -> torch.device:
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
-
-
-def _total_norm(tensors: Sequence[torch.Tensor]) -> float:
-    """Euclidean norm of all tensors together (one fused pass where torch offers it)."""
-    if not tensors:
-        return float("nan")
-    detached = [t.detach() for t in tensors]
-    total_norm = getattr(torch.nn.utils, "get_total_norm", None)
-    if total_norm is not None and len({t.device for t in detached}) == 1:
-        return float(total_norm(detached, 2.0))
-    norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32).cpu() for t in detached])
-    return float(torch.linalg.vector_norm(norms))
-
-
-def read_lr(optimizer: object | None) -> float | None:
-    """The learning rate of the optimizer's first parameter group (None if there is none)."""
-    groups = getattr(optimizer, "param_groups", None)
-    if not groups:
-        return None
-    lr = groups[0].get("lr")
-    if isinstance(lr, torch.Tensor):
-        lr = float(lr)
-    return float(lr) if isinstance(lr, (int, float)) else None
-
-
-def _class_logits(outputs: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """Logits as [samples, classes] (sequence outputs flattened, ignored targets < 0 dropped), or None."""
-    if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2 or not outputs.is_floating_point() or outputs.shape[-1] < 2:
-        return None
-    logits = outputs.detach().reshape(-1, outputs.shape[-1])
-    if targets is None:
-        return logits, None
-    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.numel() != logits.shape[0]:
-        return logits, None
-    flat = targets.detach().reshape(-1).to(logits.device)
-    keep = flat >= 0
-    if not bool(keep.all()):
-        return logits[keep], flat[keep]
-    return logits, flat
-
-
-def logit_scalars(outputs: torch.Tensor, targets: torch.Tensor | None, sc_dtype: torch.dtype) -> dict[str, float]:
-    """``logit_norm``, ``max_logit_mean``, ``sc_fraction`` and, with class targets, ``train_accuracy``."""
-    shaped = _class_logits(outputs, targets)
-    if shaped is None or shaped[0].shape[0] == 0:
-        return {}
-    logits, flat = shaped
-    cast = logits.to(sc_dtype)
-    top = cast.amax(dim=1, keepdim=True)
-    collapsed = (cast - top).exp().sum(dim=1) == 1
-    peak = top if cast.dtype == logits.dtype else logits.amax(dim=1)
-    values = [logits.float().norm(dim=1).mean(), peak.float().mean(), collapsed.float().mean()]
-    if flat is not None and flat.numel():
-        values.append((logits.argmax(dim=1) == flat).float().mean())
-    numbers = torch.stack(values).tolist()  # one device-to-host transfer
-    out = dict(zip(("logit_norm", "max_logit_mean", "sc_fraction", "train_accuracy"), numbers))
-    return out
 
 
 # -- the monitor ------------------------------------------------------------------------------------------
@@ -588,21 +459,11 @@ class Monitor:
         self.close()
 
 
-def _float_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
-            return resolved
-    elif isinstance(dtype, torch.dtype) and dtype.is_floating_point:
-        return dtype
-    raise ValueError(f"sc_dtype must be a floating-point dtype such as 'float32', got {dtype!r}.")
-
-
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-# -- framework adapters ----------------------------------------------------------------------------------------
+# -- shared by the framework adapters ---------------------------------------------------------------------
 def _monitor_from(monitor: Monitor | None, kwargs: dict[str, Any], what: str) -> Monitor:
     if monitor is not None:
         if kwargs:
@@ -611,32 +472,6 @@ def _monitor_from(monitor: Monitor | None, kwargs: dict[str, Any], what: str) ->
             raise TypeError(f"{what}: monitor must be a landscape.callbacks.Monitor, got {type(monitor).__name__}.")
         return monitor
     return Monitor(**kwargs)
-
-
-def _loss_of(outputs: object) -> torch.Tensor | None:
-    if isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
-        return outputs
-    if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), torch.Tensor):
-        return outputs["loss"]
-    return None
-
-
-class LightningHooks:
-    """The Lightning callback's behaviour (framework-free, so it is testable without Lightning)."""
-
-    def __init__(self, monitor: Monitor | None = None, **monitor_kwargs: Any) -> None:
-        self.monitor = _monitor_from(monitor, monitor_kwargs, "LandscapeCallback")
-
-    @staticmethod
-    def _optimizer(trainer: Any) -> object | None:
-        optimizers = getattr(trainer, "optimizers", None) or []
-        return optimizers[0] if optimizers else None
-
-    def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.monitor.step(pl_module, int(trainer.global_step), optimizer=self._optimizer(trainer), loss=_loss_of(outputs))
-
-    def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        self.monitor.step(pl_module, int(trainer.global_step), optimizer=self._optimizer(trainer), force=True)
 
 
 class LogitsOnly(nn.Module):
@@ -660,79 +495,3 @@ class LogitsOnly(nn.Module):
             return out[0]
         raise TypeError(f"model output has no {self.key!r} tensor (got {type(out).__name__}).")
 
-
-class HFHooks:
-    """The Hugging Face callback's behaviour (framework-free, so it is testable without transformers).
-
-    The model is seen through :class:`LogitsOnly` (``logits_only=True``) so probes and the cheap forward
-    get a logits tensor from ``model(input_ids)``; data must then be ``(input_ids, labels)`` pairs.
-    """
-
-    def __init__(self, monitor: Monitor | None = None, *, logits_only: bool = True, **monitor_kwargs: Any) -> None:
-        self.monitor = _monitor_from(monitor, monitor_kwargs, "LandscapeTrainerCallback")
-        self.logits_only = logits_only
-        self._view: tuple[int, nn.Module] | None = None
-
-    def _model(self, model: nn.Module) -> nn.Module:
-        if not self.logits_only:
-            return model
-        if self._view is None or self._view[0] != id(model):
-            self._view = (id(model), LogitsOnly(model))
-        return self._view[1]
-
-    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
-                    optimizer: object | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            self.monitor.step(self._model(model), int(state.global_step), optimizer=optimizer)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
-                     optimizer: object | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            self.monitor.step(self._model(model), int(state.global_step), optimizer=optimizer, force=True)
-
-
-_ADAPTERS: dict[str, type] = {}
-
-
-def _lightning_callback() -> type:
-    if "lightning" not in _ADAPTERS:
-        try:
-            from lightning.pytorch.callbacks import Callback
-        except ImportError:
-            try:
-                from pytorch_lightning.callbacks import Callback  # the older package name
-            except ImportError:
-                raise ImportError(
-                    "LandscapeCallback needs PyTorch Lightning; install it with: pip install landscape[lightning]"
-                ) from None
-
-        class LandscapeCallback(LightningHooks, Callback):  # type: ignore[misc, valid-type]
-            """PyTorch Lightning callback: a :class:`Monitor` fed after every training batch."""
-
-        _ADAPTERS["lightning"] = LandscapeCallback
-    return _ADAPTERS["lightning"]
-
-
-def _hf_callback() -> type:
-    if "hf" not in _ADAPTERS:
-        try:
-            from transformers import TrainerCallback
-        except ImportError:
-            raise ImportError(
-                "LandscapeTrainerCallback needs Hugging Face transformers; install it with: pip install landscape[hf]"
-            ) from None
-
-        class LandscapeTrainerCallback(HFHooks, TrainerCallback):  # type: ignore[misc, valid-type]
-            """Hugging Face ``Trainer`` callback: a :class:`Monitor` fed after every optimizer step."""
-
-        _ADAPTERS["hf"] = LandscapeTrainerCallback
-    return _ADAPTERS["hf"]
-
-
-def __getattr__(name: str) -> Any:
-    # The adapters are built on first access so that importing this module never needs either framework.
-    if name in ("LandscapeCallback", "MonitorCallback"):
-        return _lightning_callback()
-    if name in ("LandscapeTrainerCallback", "HFMonitorCallback"):
-        return _hf_callback()
-    raise AttributeError(f"module 'landscape.callbacks' has no attribute {name!r}")

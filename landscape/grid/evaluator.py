@@ -1,0 +1,258 @@
+"""Rows of grid points evaluated over fixed batches, and whole grids with resumable rows.
+
+An :class:`Evaluator` gives the sample-weighted mean loss ``Σ_b n_b·L_b / Σ_b n_b`` (and top-1 accuracy
+for class targets) at each point of a row, one point at a time (with the input-layer shortcut of
+:mod:`landscape.grid.factoring`) or many points per forward pass under ``torch.func.vmap``.
+:func:`evaluate_grid` runs it row by row over a grid, saving each finished row with a fingerprint of the
+grid and the plane so that a re-run recomputes only what is missing or stale.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.data import Batches
+from landscape.evaluate import LossError, LossFn, autocast_context, check_scalar_loss
+from landscape.grid.checks import device_of
+from landscape.grid.factoring import FACTOR_BYTES, FACTOR_MIN_FAN_IN, InputLayers
+from landscape.grid.movers import Affine, Mover
+from landscape.params import Named, trainable_parameters
+from landscape.probe import PartialRows
+
+__all__ = ["VMAP_BYTES", "VMAP_MAX_PARAMS", "Evaluator", "evaluate_grid"]
+
+VMAP_MAX_PARAMS = 5_000_000
+"""Largest model (trainable parameters) that ``vectorize="auto"`` evaluates with vmap on CUDA."""
+VMAP_BYTES = 512 * 2**20
+"""Memory budget for the stacked parameter copies of one vectorized pass (points × parameter bytes)."""
+
+
+def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Correct top-1 predictions as a device tensor, or None when targets are not class indices."""
+    if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and outputs.dim() == targets.dim() + 1:
+        return (outputs.argmax(dim=-1) == targets).sum()
+    return None
+
+
+class Evaluator:
+    """Evaluates rows of points of a mover over fixed train (and test) batches."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train: Batches,
+        test: Batches | None,
+        *,
+        vectorize: bool | str = "auto",
+        points_per_pass: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        factor_input: bool | str = "auto",
+    ) -> None:
+        if factor_input not in ("auto", True, False):
+            raise ValueError(f"factor_input must be 'auto', True or False, got {factor_input!r}.")
+        if vectorize not in ("auto", True, False):
+            raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}.")
+        if points_per_pass is not None and (isinstance(points_per_pass, bool) or not isinstance(points_per_pass, int)
+                                            or points_per_pass < 1):
+            raise ValueError(f"points_per_pass must be a positive integer or None, got {points_per_pass!r}.")
+        self.model, self.loss_fn = model, loss_fn
+        self.sets = [("", train)] + ([("test_", test)] if test is not None else [])
+        self.device = device_of(model)
+        self.autocast_dtype = autocast_dtype
+        n_params = sum(p.numel() for p in trainable_parameters(model).values())
+        bytes_per_point = max(1, sum(p.numel() * p.element_size() for p in trainable_parameters(model).values()))
+        self.points_per_pass = points_per_pass or max(1, min(32, VMAP_BYTES // bytes_per_point))
+        if vectorize == "auto":
+            self.vectorize = self.device.type == "cuda" and n_params <= VMAP_MAX_PARAMS
+            self.strict = False
+        else:
+            self.vectorize, self.strict = bool(vectorize), True
+        self._batched: Callable[..., Any] | None = None
+        self._has_accuracy: list[bool] = []
+        # Input-layer factoring changes rounding only; it is left out under autocast (other rounding).
+        self.factor_input = factor_input if autocast_dtype is None else False
+        self._factored: dict[int, InputLayers | None] = {}
+
+    # one point at a time ------------------------------------------------------------------------
+    def _input_layers(self, mover: Mover) -> InputLayers | None:
+        if self.factor_input is False or not isinstance(mover, Affine):
+            return None
+        if id(mover) not in self._factored:
+            self._factored[id(mover)] = InputLayers.prepare(
+                self.model, mover, self.sets, min_fan_in=FACTOR_MIN_FAN_IN if self.factor_input == "auto" else 1,
+                budget=FACTOR_BYTES)
+        return self._factored[id(mover)]
+
+    def _loop(self, mover: Mover, coords: Sequence[Sequence[float]]) -> dict[str, torch.Tensor | None]:
+        """Loss sums and correct counts per point, one point at a time. Per-batch losses stay on the
+        device and are weighted and summed once per row (no per-point host sync or bookkeeping ops)."""
+        losses: dict[str, list[torch.Tensor]] = {prefix: [] for prefix, _ in self.sets}
+        corrects: dict[str, list[torch.Tensor] | None] = {prefix: [] for prefix, _ in self.sets}
+        layers = self._input_layers(mover)
+        with layers.patched() if layers is not None else nullcontext():
+            for c in coords:
+                if layers is None:
+                    mover.write(c)
+                else:
+                    mover.write(c, skip=layers.skipped)
+                    layers.coords = c
+                for prefix, batches in self.sets:
+                    for index, (x, y) in enumerate(batches):
+                        if layers is not None:
+                            layers.batch = (prefix, index)
+                        outputs = self.model(x)
+                        losses[prefix].append(check_scalar_loss(self.loss_fn(outputs, y)))
+                        counted = corrects[prefix]
+                        if counted is not None:
+                            hits = _correct(outputs, y)
+                            if hits is None:
+                                corrects[prefix] = None
+                            else:
+                                counted.append(hits)
+        sums: dict[str, torch.Tensor | None] = {}
+        for prefix, batches in self.sets:
+            shape = (len(coords), len(batches))
+            sizes = torch.tensor([float(x.shape[0]) for x, _ in batches], dtype=torch.float64, device=self.device)
+            sums[prefix + "loss"] = (torch.stack(losses[prefix]).detach().double().view(shape) * sizes).sum(1)
+            counted = corrects[prefix]
+            sums[prefix + "accuracy"] = None if counted is None else torch.stack(counted).view(shape).sum(1)
+        return sums
+
+    # many points per forward pass ----------------------------------------------------------------
+    def _make_batched(self) -> Callable[..., Any]:
+        from torch.func import functional_call, vmap
+
+        model, loss_fn, flags = self.model, self.loss_fn, self._has_accuracy
+
+        def one_point(params: Named, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            outputs = functional_call(model, params, (x,))
+            loss = check_scalar_loss(loss_fn(outputs, y))
+            c = _correct(outputs, y)  # decided from dtypes and shapes while tracing: no host sync
+            flags.append(c is not None)
+            return loss, (c if c is not None else torch.zeros((), dtype=torch.int64, device=loss.device))
+
+        return vmap(one_point, in_dims=(0, None, None))
+
+    def _vectorized(self, mover: Mover,
+                    coords: Sequence[Sequence[float]]) -> dict[str, torch.Tensor | None]:
+        if self._batched is None:
+            self._batched = self._make_batched()
+        parts: dict[str, list] = {}
+        for start in range(0, len(coords), self.points_per_pass):
+            chunk = coords[start : start + self.points_per_pass]
+            params = mover.stacked(chunk)
+            for prefix, batches in self.sets:
+                total = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
+                correct: torch.Tensor | None = torch.zeros(len(chunk), dtype=torch.int64, device=self.device)
+                for x, y in batches:
+                    self._has_accuracy.clear()
+                    loss, c = self._batched(params, x, y)
+                    total += loss.detach().double() * int(x.shape[0])
+                    correct = None if correct is None or not all(self._has_accuracy) else correct + c
+                parts.setdefault(prefix + "loss", []).append(total)
+                parts.setdefault(prefix + "accuracy", []).append(correct)
+        return {key: None if any(v is None for v in values) else torch.cat(values) for key, values in parts.items()}
+
+    def row(self, mover: Mover, coords: Sequence[Sequence[float]]) -> dict[str, np.ndarray]:
+        """Mean loss/accuracy (train and test) at each point of ``coords``, as float64 arrays."""
+        with torch.inference_mode(), autocast_context(self.device, self.autocast_dtype):
+            if self.vectorize:
+                try:
+                    sums = self._vectorized(mover, coords)
+                except LossError:
+                    raise
+                except Exception as error:  # vmap cannot trace every model; "auto" falls back to the loop.
+                    if self.strict:
+                        raise RuntimeError(
+                            f"vectorize=True failed: this model or loss cannot run under torch.func.vmap "
+                            f"({type(error).__name__}: {error}); use vectorize=False."
+                        ) from error
+                    warnings.warn(f"vectorized slices unavailable ({type(error).__name__}); using the loop.",
+                                  RuntimeWarning, stacklevel=3)
+                    self.vectorize = False
+                    sums = self._loop(mover, coords)
+            else:
+                sums = self._loop(mover, coords)
+        out: dict[str, np.ndarray] = {}
+        for prefix, batches in self.sets:
+            n = batches.n_samples
+            loss = sums[prefix + "loss"]
+            assert loss is not None
+            out[prefix + "loss"] = loss.cpu().numpy() / n
+            acc = sums[prefix + "accuracy"]
+            if acc is not None:
+                out[prefix + "accuracy"] = acc.cpu().numpy().astype(np.float64) / n
+        return out
+
+
+def evaluate_grid(
+    evaluator: Evaluator,
+    mover: Mover,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    *,
+    partial: PartialRows | None = None,
+    row_offset: int = 0,
+    progress: bool = False,
+    label: str = "slice",
+) -> dict[str, np.ndarray]:
+    """Evaluate every point of the grid (one row per ``y`` value; ``y=None`` is a single 1-D row).
+
+    Finished rows are saved to ``partial`` (under index ``row_offset + j``) and loaded on a re-run;
+    saved rows whose fingerprint (grid coordinates and plane identity) differs are recomputed.
+    """
+    rows_y = [None] if y is None else list(y)
+    sizes = [float(batches.n_samples) for _, batches in evaluator.sets] + [0.0] * (3 - len(evaluator.sets))
+    base_print = np.concatenate([[len(x), x[0], x[-1], len(rows_y)], sizes, mover.fingerprint()])
+    done: dict[int, dict[str, np.ndarray]] = {}
+    if partial is not None:
+        stale = 0
+        for index, arrays in partial.load().items():
+            j = index - row_offset
+            if not 0 <= j < len(rows_y):
+                continue
+            expected = np.concatenate([[j, 0.0 if rows_y[j] is None else rows_y[j]], base_print])
+            saved = arrays.get("fingerprint")
+            if saved is not None and saved.shape == expected.shape and np.array_equal(saved, expected):
+                done[j] = {k: v for k, v in arrays.items() if k != "fingerprint"}
+            else:
+                stale += 1
+        if stale:
+            warnings.warn(f"{stale} saved row(s) belong to another grid or model and are recomputed.",
+                          RuntimeWarning, stacklevel=3)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows_y) * len(x), initial=len(done) * len(x), unit="pt", desc=label, leave=False)
+    results: list[dict[str, np.ndarray]] = []
+    try:
+        for j, yj in enumerate(rows_y):
+            if j in done:
+                results.append(done[j])
+                continue
+            coords = [(float(xi),) if yj is None else (float(xi), float(yj)) for xi in x]
+            arrays = evaluator.row(mover, coords)
+            if partial is not None:
+                fingerprint = np.concatenate([[j, 0.0 if yj is None else yj], base_print])
+                partial.save(row_offset + j, {**arrays, "fingerprint": fingerprint})
+            results.append(arrays)
+            if bar is not None:
+                bar.update(len(x))
+    finally:
+        if bar is not None:
+            bar.close()
+    keys = sorted(results[-1])
+    for j, r in enumerate(results):
+        if sorted(r) != keys or any(np.shape(r[k]) != (len(x),) for k in keys):
+            raise ValueError(f"saved row {row_offset + j} does not match the grid (keys {sorted(r)}); "
+                             "clear the partial rows and run again.")
+    return {k: np.stack([r[k] for r in results]) for k in keys}

@@ -1,0 +1,182 @@
+"""Trace estimators from operator products: exact, Hutchinson, Hutch++ and XTrace.
+
+Hutchinson (1989). For random z with E[z zᵀ] = I,
+
+    E[zᵀ H z] = E[tr(H z zᵀ)] = tr(H E[z zᵀ]) = tr(H),
+
+so the mean of zᵀHz over m independent draws is unbiased. Rademacher z (independent entries ±1) has the
+smallest variance among vectors of independent zero-mean unit-variance entries: Var(zᵀHz) = 2 (‖H‖_F² − Σᵢ Hᵢᵢ²), giving an error ~ √2 ‖H‖_F / √m.
+
+Hutch++ (Meyer, Musco, Musco & Woodruff 2021). For any orthonormal Q and P = I − QQᵀ,
+
+    tr(H) = tr(QᵀHQ) + tr(P H P).
+
+The first term is computed exactly; the second is estimated by Hutchinson with test vectors drawn
+independently of Q, so the sum is unbiased whatever Q is. With Q = orth(H S) for a random sketch S of s
+columns, Q captures the top of the spectrum and ‖P H P‖_F ≈ the Frobenius norm of H without its s
+largest eigenvalues: for a positive semi-definite H a relative error ε needs O(1/ε) products instead of
+Hutchinson's O(1/ε²).
+
+XTrace (Epperly, Tropp & Webber 2024). The exchangeable form of Hutch++: every one of the m Gaussian
+test vectors ωᵢ serves both the low-rank part and the remainder. Estimate i takes Qᵢ, a basis of the
+range of H Ω with column i left out, and ωᵢ, which is independent of Qᵢ; uᵢ = (I − QᵢQᵢᵀ) ωᵢ is then a
+Gaussian in the (n − m + 1)-dimensional complement of range(Qᵢ), and E[uᵢᵀHuᵢ / ‖uᵢ‖²] = tr(PᵢHPᵢ) /
+(n − m + 1). Hence every
+
+    tᵢ = tr(QᵢᵀHQᵢ) + (n − m + 1) · uᵢᵀHuᵢ / ‖uᵢ‖²
+
+is unbiased given Qᵢ, and so is their mean; the spread of the tᵢ is the error estimate. All m
+leave-one-out bases come from one QR of H Ω by a rank-one downdate, so XTrace costs 2m products.
+
+References: M. F. Hutchinson (1989), "A stochastic estimator of the trace of the influence matrix for
+Laplacian smoothing splines", Commun. Stat. Simul. Comput. 18; R. A. Meyer, C. Musco, C. Musco &
+D. P. Woodruff (2021), "Hutch++: Optimal stochastic trace estimation", SOSA; E. N. Epperly, J. A. Tropp
+& R. J. Webber (2024), "XTrace: Making the most of every sample in stochastic trace estimation", SIAM J.
+Matrix Anal. Appl. 45.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from landscape.krylov._linalg import (
+    _column_dots,
+    _eps,
+    _gaussian,
+    _generator,
+    _orthogonalize,
+    _rademacher,
+    _to_numpy,
+)
+from landscape.krylov.operators import Operator
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """A trace estimate, its standard error (see each estimator) and the operator products spent."""
+
+    value: float
+    stderr: float
+    n_matvec: int
+
+
+def exact_trace(op: Operator) -> TraceResult:
+    """``tr(H) = Σᵢ eᵢᵀ H eᵢ`` from the n unit vectors (n products; exact up to rounding)."""
+    total, chunk = 0.0, 64
+    for start in range(0, op.size, chunk):
+        stop = min(op.size, start + chunk)
+        units = torch.zeros(op.size, stop - start, dtype=op.dtype, device=op.device)
+        units[torch.arange(start, stop), torch.arange(stop - start)] = 1
+        total += float(np.sum(np.diag(_to_numpy(op.matmat(units)[start:stop]))))
+    return TraceResult(value=total, stderr=0.0, n_matvec=op.size)
+
+
+# The fewest products each estimator takes: Hutchinson needs two samples for its stderr; Hutch++ two
+# deflated samples after its s ≥ 1 sketch and HQ products; XTrace two test vectors.
+TRACE_MIN_MATVEC: dict[str, int] = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
+
+
+def _check_budget(n_matvec: int, name: str) -> None:
+    minimum = TRACE_MIN_MATVEC[name]
+    if not isinstance(n_matvec, (int, np.integer)) or n_matvec < minimum:
+        raise ValueError(f"n_matvec must be an integer ≥ {minimum} for {name}, got {n_matvec}.")
+
+
+def _quadratic_forms(op: Operator, vectors: torch.Tensor) -> np.ndarray:
+    """``vᵢᵀ H vᵢ`` for every column."""
+    return _column_dots(vectors, op.matmat(vectors))
+
+
+def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
+    """Hutchinson's estimator: the mean of ``zᵀHz`` over Rademacher vectors z (unbiased).
+
+    stderr = sample standard deviation of the ``zᵀHz`` / √n_matvec.
+    """
+    _check_budget(n_matvec, "hutchinson")
+    samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed)))
+    return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
+
+
+def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): deflate the top of the spectrum, then Hutchinson.
+
+    With s = n_matvec // 3 Rademacher sketch vectors S: Q = orth(H S) (s products), the exact part
+    ``tr(QᵀHQ)`` (s products), and Hutchinson on the deflated ``(I−QQᵀ) H (I−QQᵀ)`` with the remaining
+    n_matvec − 2s Rademacher vectors. Unbiased for any Q. stderr is the Hutchinson standard error of the
+    deflated part (sample std / √(n_matvec − 2s)), i.e. conditional on the sketch; it is 0 when the
+    deflated part vanishes (rank of H ≤ s: the estimate is then exact).
+    """
+    _check_budget(n_matvec, "hutch++")
+    generator = _generator(seed)
+    s = min(n_matvec // 3, op.size)
+    rest = n_matvec - 2 * s
+    sketch = op.matmat(_rademacher(op, s, generator))
+    q, _ = torch.linalg.qr(sketch)
+    tail = _orthogonalize(_rademacher(op, rest, generator), q)
+    # HQ and the deflated test vectors in one block: one pass over the data instead of two
+    both = torch.cat([q, tail], dim=1)
+    forms = _column_dots(both, op.matmat(both))
+    top, samples = float(np.sum(forms[:s])), forms[s:]
+    # rest ≥ n_matvec/3 ≥ 2 (s ≤ n_matvec // 3), so the sample std is defined
+    return TraceResult(top + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(rest)), 2 * s + rest)
+
+
+def xtrace(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
+    """XTrace (Epperly, Tropp & Webber 2024): the exchangeable version of Hutch++.
+
+    With m = n_matvec // 2 Gaussian test vectors Ω and Y = HΩ = QR, each leave-one-out estimate i uses
+    the basis of range(Y without column i), Qᵢ = Q(I − sᵢsᵢᵀ) with sᵢ ∝ R⁻ᵀeᵢ, and the test vector ωᵢ
+    (independent of Qᵢ) for the remainder, rescaled to the expected norm of its projection:
+
+        tᵢ = tr(QᵢᵀHQᵢ) + (n − m + 1) · uᵢᵀHuᵢ / ‖uᵢ‖²,   uᵢ = (I − QᵢQᵢᵀ) ωᵢ.
+
+    value = mean tᵢ (2m products: HΩ and HQ); stderr = std(tᵢ) / √m, the paper's error estimate.
+    When Y is rank-deficient the range of H is inside range(Q) and the value tr(QᵀHQ) is exact.
+    """
+    _check_budget(n_matvec, "xtrace")
+    generator = _generator(seed)
+    n = op.size
+    m = min(n_matvec // 2, n)
+    omega = _gaussian(op, m, generator)
+    y = op.matmat(omega)
+    q, r = torch.linalg.qr(y)
+    z = op.matmat(q)
+    h = _to_numpy(q.T @ z)
+    h = (h + h.T) / 2
+    r_np = _to_numpy(r)
+    singular = np.linalg.svd(r_np, compute_uv=False)
+    if m == n or singular[-1] <= 10 * m * _eps(op.dtype) * singular[0]:
+        return TraceResult(float(np.trace(h)), 0.0, 2 * m)
+    w = _to_numpy(q.T @ omega)  # coordinates of ωᵢ in range(Q)
+    t = _to_numpy(z.T @ omega)  # column i: (HQ)ᵀωᵢ
+    omega_h_omega = _column_dots(omega, y)
+    omega_sq = _column_dots(omega, omega)
+    s_dirs = np.linalg.solve(r_np.T, np.eye(m))
+    s_dirs /= np.linalg.norm(s_dirs, axis=0, keepdims=True)
+    estimates = np.empty(m)
+    trace_h = float(np.trace(h))
+    for i in range(m):
+        s_i, w_i, t_i, r_i = s_dirs[:, i], w[:, i], t[:, i], r_np[:, i]
+        c = float(s_i @ w_i)
+        hs = h @ s_i
+        # u = ω − Q w + c Q s;  H u = y − Z w + c Z s;  every term of uᵀHu reduced to m-dimensional products.
+        quad = (
+            omega_h_omega[i] - t_i @ w_i + c * (t_i @ s_i)
+            - w_i @ r_i + w_i @ h @ w_i - c * (w_i @ hs)
+            + c * (s_i @ r_i) - c * (hs @ w_i) + c * c * (s_i @ hs)
+        )
+        norm_sq = omega_sq[i] - (w_i @ w_i - c * c)
+        estimates[i] = trace_h - s_i @ hs + (n - m + 1) * quad / norm_sq
+    return TraceResult(float(estimates.mean()), float(estimates.std(ddof=1) / math.sqrt(m)), 2 * m)
+
+
+TRACE_METHODS: dict[str, Callable[..., TraceResult]] = {
+    "hutchinson": hutchinson,
+    "hutch++": hutch_plus_plus,
+    "xtrace": xtrace,
+}
