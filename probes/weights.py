@@ -2,7 +2,8 @@
 
 For every weight matrix ``W`` (``N × M``, ``N ≥ M``; which modules count, and how conv kernels are handled,
 is in :mod:`probes._weight_matrices`) the ESD is the ``M`` eigenvalues ``λ = σ²/N`` of ``WᵀW/N``, from the
-singular values ``σ`` (``torch.linalg.svdvals`` in float64 on the model's device, equal shapes batched).
+singular values ``σ`` (``torch.linalg.svdvals`` in float64 on the model's device, equal shapes batched;
+``solver="gram"`` takes the float64 eigenvalues of ``WᵀW`` instead, faster on a CPU).
 ``esd_scale="none"`` keeps ``λ = σ²``, WeightWatcher's convention; the exponent ``alpha`` does not depend on
 the scale, the norms shift by ``log10 N``. Per matrix:
 
@@ -54,6 +55,7 @@ from probes import _marchenko_pastur as mp
 from probes._powerlaw import fit_power_law
 from probes._weight_matrices import (
     CONV_MODES,
+    SOLVERS,
     WeightMatrix,
     compute_device,
     permuted,
@@ -71,7 +73,9 @@ COLUMNS = ("layer", "name", "kind", "matrix_shape", "n", "m", "n_matrices", "n_e
            "rand_mp_edge", "n_traps", "trap", "rand_distance")
 
 
-def _check(conv: str, esd_scale: str, min_tail: int, tw_level: float) -> None:
+def _check(conv: str, esd_scale: str, min_tail: int, tw_level: float, solver: str = "svdvals") -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")
     if conv not in CONV_MODES:
         raise ValueError(f"conv must be one of {', '.join(map(repr, CONV_MODES))}, got {conv!r}.")
     if esd_scale not in ESD_SCALES:
@@ -150,21 +154,21 @@ def _row(matrix: WeightMatrix, evals: np.ndarray | None, rand: np.ndarray | None
 
 def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False, esd_scale: str = "N",
              min_tail: int = 10, ks: str = "two_sided", randomize: bool = True, tw_level: float = 0.99,
-             seed: int = 0, device: torch.device | str | None = None,
-             matrices: list[WeightMatrix] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+             seed: int = 0, device: torch.device | str | None = None, solver: str = "svdvals",
+             ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The spectra table and each row's ESD (by row ``name``)."""
-    _check(conv, esd_scale, min_tail, tw_level)
-    found = matrices if matrices is not None else _matrices(model, conv, embeddings)
+    _check(conv, esd_scale, min_tail, tw_level, solver)
+    found = _matrices(model, conv, embeddings)
     where = compute_device(device, found)
     problems = {i: _nonfinite(m) for i, m in enumerate(found)}
     good = [i for i, problem in problems.items() if problem is None]
-    values = dict(zip(good, singular_values([found[i].stack for i in good], device=where)))
+    values = dict(zip(good, singular_values([found[i].stack for i in good], device=where, solver=solver)))
     rand_values: dict[int, torch.Tensor] = {}
     rand_var: dict[int, float] = {}
     if randomize and good:
         generator = torch.Generator().manual_seed(int(seed))
         shuffled = [permuted(found[i].stack, generator) for i in good]
-        rand_values = dict(zip(good, singular_values(shuffled, device=where)))
+        rand_values = dict(zip(good, singular_values(shuffled, device=where, solver=solver)))
         for i in good:
             variance = float(found[i].stack.double().var(unbiased=False))
             rand_var[i] = variance  # the MP scale of the permuted matrix, on the σ²/N scale
@@ -185,7 +189,7 @@ def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False
 
 def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = False, esd_scale: str = "N",
                   min_tail: int = 10, ks: str = "two_sided", randomize: bool = True, tw_level: float = 0.99,
-                  seed: int = 0, device: torch.device | str | None = None) -> pd.DataFrame:
+                  seed: int = 0, device: torch.device | str | None = None, solver: str = "svdvals") -> pd.DataFrame:
     """One row per weight matrix: ``layer`` (its module's name in ``named_modules()``), ``name`` (unique row
     id: the layer, ``"{layer}.q/k/v"`` for packed attention projections, ``"model"`` for the root), the
     metrics of the module docstring, ``valid`` and ``message``.
@@ -194,15 +198,18 @@ def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = 
     default), ``"reshape"`` uses one ``(out, in·prod(k))`` matrix. ``ks``: ``"two_sided"`` (exact KS
     distance) or ``"lower"`` (WeightWatcher's). ``min_tail``: fewest eigenvalues a fitted tail may have.
     ``tw_level``: confidence of the Tracy–Widom margin. ``seed``: the randomized ESD's permutation.
+    ``solver``: ``"svdvals"`` or ``"gram"`` (eigenvalues of ``WᵀW`` in float64, faster on a CPU; see
+    :func:`probes._weight_matrices.singular_values`). ``device``: where the SVDs run (default: the weights').
     """
     table, _ = _analyze(model, conv=conv, embeddings=embeddings, esd_scale=esd_scale, min_tail=min_tail, ks=ks,
-                        randomize=randomize, tw_level=tw_level, seed=seed, device=device)
+                        randomize=randomize, tw_level=tw_level, seed=seed, device=device, solver=solver)
     return table
 
 
 def esd(model: nn.Module, layer: str, *, conv: str = "slices", esd_scale: str = "N",
-        device: torch.device | str | None = None) -> np.ndarray:
+        device: torch.device | str | None = None, solver: str = "svdvals") -> np.ndarray:
     """The eigenvalues (ascending) of one weight matrix's ESD, chosen by row ``name`` or module name."""
+    _check(conv, esd_scale, 2, 0.5, solver)
     found = list(weight_matrices(model, conv=conv, embeddings=True))
     chosen = [m for m in found if m.name == layer] or [m for m in found if m.layer == layer]
     if not chosen:
@@ -215,8 +222,7 @@ def esd(model: nn.Module, layer: str, *, conv: str = "slices", esd_scale: str = 
     problem = _nonfinite(matrix)
     if problem is not None:
         raise ValueError(f"layer {layer!r} has {problem}; its ESD is undefined.")
-    (values,) = singular_values([matrix.stack], device=compute_device(device, chosen))
-    _check(conv, esd_scale, 2, 0.5)
+    (values,) = singular_values([matrix.stack], device=compute_device(device, chosen), solver=solver)
     return _eigenvalues(values, matrix, esd_scale)
 
 
@@ -262,7 +268,7 @@ class WeightsProbe:
     needs_data: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {
         "conv": "slices", "embeddings": False, "esd_scale": "N", "min_tail": 10, "ks": "two_sided",
-        "randomize": True, "tw_level": 0.99, "seed": 0, "bins": 60,
+        "randomize": True, "tw_level": 0.99, "seed": 0, "bins": 60, "solver": "svdvals",
     }
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
@@ -272,7 +278,7 @@ class WeightsProbe:
         table, spectra = _analyze(
             ctx.model, conv=params["conv"], embeddings=bool(params["embeddings"]), esd_scale=params["esd_scale"],
             min_tail=int(params["min_tail"]), ks=params["ks"], randomize=bool(params["randomize"]),
-            tw_level=float(params["tw_level"]), seed=int(params["seed"]), device=ctx.device,
+            tw_level=float(params["tw_level"]), seed=int(params["seed"]), device=ctx.device, solver=params["solver"],
         )
         scalars = summarize(table)
         for record in table.itertuples(index=False):

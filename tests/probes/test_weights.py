@@ -18,7 +18,7 @@ from landscape.probe import ProbeContext, get
 from landscape.runner import run_probes
 from landscape.store import Store
 from probes import _marchenko_pastur as mp
-from probes._powerlaw import candidate_scan, fit_power_law
+from probes._powerlaw import best_candidate, candidate_scan, fit_power_law
 
 
 @pytest.fixture(autouse=True)
@@ -99,6 +99,21 @@ def test_vectorized_xmin_search_equals_a_brute_force_loop(ks, min_tail, monkeypa
     fit = fit_power_law(x, min_tail=min_tail, ks=ks)
     best = int(np.argmin(ref_distances))
     assert fit.xmin == x[best] and fit.alpha == pytest.approx(ref_alphas[best], rel=1e-12)
+
+
+def test_pruned_search_finds_exactly_the_full_scans_minimum():
+    # The fit scores exactly only the candidates whose lower bound beats the best distance so far; it must
+    # pick the full scan's argmin (ties: smallest index) on heavy, light and mixed tails of many sizes.
+    rng = np.random.default_rng(11)
+    for trial in range(24):
+        n = int(rng.integers(12, 900))
+        draw = (rng.lognormal(size=n), rng.pareto(1.5, n) + 1, rng.chisquare(3, n),
+                np.round(rng.lognormal(size=n), 1) + 0.1)[trial % 4]  # the last one with many ties
+        x = np.sort(draw)
+        for ks in ("two_sided", "lower"):
+            _, distances = candidate_scan(x, min_tail=5, ks=ks)
+            best, _, distance = best_candidate(x, min_tail=5, ks=ks)
+            assert best == int(np.argmin(distances)) and distance == distances[best]
 
 
 def test_too_few_points_or_a_constant_tail_is_a_message_not_a_number():
@@ -223,6 +238,20 @@ def test_attention_embeddings_and_hf_conv1d():
         weights.esd(model, "attn")
     with pytest.raises(KeyError, match="no weight matrix named 'nope'"):
         weights.esd(model, "nope")
+
+
+def test_gram_solver_gives_the_same_spectrum():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 300), nn.Conv2d(16, 24, 3), nn.Linear(300, 40))
+    for name in ("0", "1", "2"):
+        exact = weights.esd(model, name)
+        gram = weights.esd(model, name, solver="gram")
+        np.testing.assert_allclose(gram, exact, rtol=1e-9, atol=1e-14 * exact.max())
+    a, b = weights.layer_spectra(model), weights.layer_spectra(model, solver="gram")
+    np.testing.assert_allclose(a.alpha, b.alpha, rtol=1e-8)
+    assert list(a.n_spikes) == list(b.n_spikes)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        weights.esd(model, "0", solver="qr")
 
 
 def test_esd_scale_none_is_sigma_squared_and_alpha_does_not_move():
