@@ -17,8 +17,9 @@ Wall time: ``watcher.analyze()`` against ``weights.layer_spectra()``, both witho
 randomized ESD (WeightWatcher ``randomize=True, mp_fit=True``; ours always fits the MP bulk). Also the
 xmin search alone on one 4096-eigenvalue spectrum, and (full mode) a whole 4096×4096 layer.
 
-    python benchmarks/weights_vs_weightwatcher.py            # full: adds BERT-base size and the 4096² layer
+    python benchmarks/weights_vs_weightwatcher.py            # full: larger BERTs and the 4096² layer
     python benchmarks/weights_vs_weightwatcher.py --quick    # under 5 minutes on 2 CPU cores
+    python benchmarks/weights_vs_weightwatcher.py --threads 16   # both tools on 16 threads
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def ww_analyze(model: nn.Module, randomize: bool) -> pd.DataFrame:
 
 
 def ours(model: nn.Module, randomize: bool, **params: Any) -> pd.DataFrame:
+    """Our table over the same layers WeightWatcher sees (it includes embeddings)."""
     return weights.layer_spectra(model, embeddings=True, randomize=randomize, device="cpu", **params)
 
 
@@ -125,6 +127,7 @@ class Row:
     lambda_rel: float
     ww_s: float
     ours_s: float
+    gram_s: float
     ww_rand_s: float
     ours_rand_s: float
 
@@ -134,10 +137,14 @@ def _ww_alpha(details: pd.DataFrame) -> pd.DataFrame:
     return frame.rename(columns={"longname": "layer", "alpha": "alpha_ww"})
 
 
-def compare(name: str, model: nn.Module, repeats: int) -> Row:
+def compare(name: str, model: nn.Module, repeats: int, with_random: bool) -> Row:
+    ww_analyze(model, False)  # warm-up for both tools: first calls pay one-time set-up, not per-model work
+    ours(model, False)
     ww_plain, ww_s = timed(lambda: ww_analyze(model, False), repeats)
-    _, ww_rand_s = timed(lambda: ww_analyze(model, True), repeats)
+    # WeightWatcher's randomized ESD with its MP fit takes minutes on a BERT-base sized model: optional.
+    ww_rand_s = timed(lambda: ww_analyze(model, True), 1)[1] if with_random else float("nan")
     default, ours_s = timed(lambda: ours(model, False), repeats)
+    _, gram_s = timed(lambda: ours(model, False, solver="gram"), repeats)
     _, ours_rand_s = timed(lambda: ours(model, True), repeats)
     same = ours(model, False, ks="lower", min_tail=2, esd_scale="none")
     table = _ww_alpha(ww_plain).merge(same[["layer", "alpha", "spectral_norm", "n_evals"]], on="layer")
@@ -151,7 +158,7 @@ def compare(name: str, model: nn.Module, repeats: int) -> Row:
     factor = np.where(usable.layer_type.astype(str).str.contains("conv2d", case=False), 0.5, 1.0)
     lambda_rel = float(np.max(np.abs(usable.spectral_norm * factor / usable.lambda_max - 1.0))) if len(usable) else np.nan
     return Row(name, len(default), len(usable), int(small.sum()), float(same_gap.median()), float(same_gap.max()),
-               float(default_gap.median()), float(default_gap.max()), lambda_rel, ww_s, ours_s, ww_rand_s,
+               float(default_gap.median()), float(default_gap.max()), lambda_rel, ww_s, ours_s, gram_s, ww_rand_s,
                ours_rand_s)
 
 
@@ -168,64 +175,80 @@ def fit_only(n: int = 4096, repeats: int = 3) -> tuple[float, float, float]:
     return ours_s, ww_s, abs(mine.alpha - float(theirs.alpha))
 
 
-def big_layer() -> tuple[float, float, float, float]:
-    """A whole 4096×4096 Linear: (ours total s, of which SVD s, ours with randomized ESD s, WeightWatcher s)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4096, 4096))
+def big_layer() -> tuple[float, float, float, float, float]:
+    """A whole 4096×4096 Linear: (ours s, of which SVD s, ours with solver="gram" s, ours with the randomized
+    ESD s, WeightWatcher s)."""
     from probes._weight_matrices import singular_values
 
-    start = time.perf_counter()
-    singular_values([model[0].weight.detach().unsqueeze(0)], device=torch.device("cpu"))
-    svd_s = time.perf_counter() - start
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4096, 4096))
+    _, svd_s = timed(lambda: singular_values([model[0].weight.detach().unsqueeze(0)], device=torch.device("cpu")), 1)
     _, ours_s = timed(lambda: ours(model, False), 1)
-    _, ours_rand_s = timed(lambda: ours(model, True), 1)
+    _, gram_s = timed(lambda: ours(model, False, solver="gram"), 1)
+    _, ours_rand_s = timed(lambda: ours(model, True, solver="gram"), 1)
     _, ww_s = timed(lambda: ww_analyze(model, False), 1)
-    return ours_s, svd_s, ours_rand_s, ww_s
+    return ours_s, svd_s, gram_s, ours_rand_s, ww_s
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models, one timing each (under 5 minutes)")
+    parser.add_argument("--big", action="store_true", help="also time one 4096x4096 layer (on by default without --quick)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and BLAS threads for both tools (default 1: reproducible on a shared machine)")
     args = parser.parse_args()
     import weightwatcher
+    from threadpoolctl import threadpool_limits
 
+    torch.set_num_threads(args.threads)
     epochs, repeats = (3, 1) if args.quick else (10, 3)
-    models: list[tuple[str, Callable[[], nn.Module]]] = [
-        ("MLP 64-512-512-256-10", lambda: train(make_mlp(), epochs)),
-        ("CNN 3 conv + 2 linear", lambda: train(make_cnn(), epochs)),
-        ("BERT 4x256 (random)", lambda: make_bert(256, 4, 4, 3000)),
+    models: list[tuple[str, Callable[[], nn.Module], bool]] = [
+        ("MLP 64-512-512-256-10", lambda: train(make_mlp(), epochs), True),
+        ("CNN 3 conv + 2 linear", lambda: train(make_cnn(), epochs), True),
+        ("BERT 2x128 (random)", lambda: make_bert(128, 2, 2, 1000), True),
     ]
     if not args.quick:
-        models.append(("BERT 12x768 (random)", lambda: make_bert(768, 12, 12, 8000)))
-    print(f"weightwatcher {weightwatcher.__version__}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads; best of {repeats} timing(s)")
+        models += [("BERT 4x256 (random)", lambda: make_bert(256, 4, 4, 3000), True),
+                   ("BERT 12x768 (random)", lambda: make_bert(768, 12, 12, 8000), False)]
+    print(f"weightwatcher {weightwatcher.__version__}, torch {torch.__version__}, {args.threads} thread(s); "
+          f"best of {repeats} timing(s)")
     rows = []
-    for name, build in models:
-        model = build()
-        with torch.no_grad():
-            rows.append(compare(name, model, repeats))
-    header = (f"{'model':24s} {'layers':>6s} {'cmp':>4s} {'skip':>4s} {'same Δα med':>11s} {'max':>8s} "
-              f"{'dflt Δα med':>11s} {'max':>6s} {'λmax rel':>9s} {'WW s':>7s} {'ours s':>7s} {'×':>6s} "
-              f"{'WW+rand':>8s} {'ours+rand':>9s} {'×':>6s}")
-    print(header)
+    with threadpool_limits(args.threads):
+        for name, build, with_random in models:
+            model = build()
+            with torch.no_grad():
+                rows.append(compare(name, model, repeats, with_random))
+        fit = fit_only(repeats=repeats)
+        big = big_layer() if args.big or not args.quick else None
+    print(f"{'model':22s} {'layers':>6s} {'cmp':>4s} {'skip':>4s} {'same Δα med':>11s} {'max':>7s} {'dflt Δα med':>11s} "
+          f"{'max':>6s} {'λmax rel':>8s} {'WW s':>6s} {'ours s':>6s} {'×':>5s} {'gram s':>6s} {'×':>5s} "
+          f"{'WW+rand':>7s} {'ours+rand':>9s} {'×':>5s}")
     for r in rows:
-        print(f"{r.model:24s} {r.layers:6d} {r.compared:4d} {r.skipped:4d} {r.same_median:11.2e} {r.same_max:8.1e} "
-              f"{r.default_median:11.3f} {r.default_max:6.2f} {r.lambda_rel:9.1e} {r.ww_s:7.2f} {r.ours_s:7.2f} "
-              f"{r.ww_s / r.ours_s:6.1f} {r.ww_rand_s:8.2f} {r.ours_rand_s:9.2f} {r.ww_rand_s / r.ours_rand_s:6.1f}")
-    total_ww = sum(r.ww_s for r in rows)
-    total_ours = sum(r.ours_s for r in rows)
-    print(f"all models: WeightWatcher {total_ww:.2f} s, ours {total_ours:.2f} s, ratio {total_ww / total_ours:.1f}x "
-          f"(with randomized ESD: {sum(r.ww_rand_s for r in rows) / sum(r.ours_rand_s for r in rows):.1f}x)")
-    ours_fit, ww_fit, gap = fit_only(repeats=repeats)
+        print(f"{r.model:22s} {r.layers:6d} {r.compared:4d} {r.skipped:4d} {r.same_median:11.1e} {r.same_max:7.1e} "
+              f"{r.default_median:11.3f} {r.default_max:6.2f} {r.lambda_rel:8.0e} {r.ww_s:6.2f} {r.ours_s:6.2f} "
+              f"{r.ww_s / r.ours_s:5.1f} {r.gram_s:6.2f} {r.ww_s / r.gram_s:5.1f} {r.ww_rand_s:7.1f} "
+              f"{r.ours_rand_s:9.2f} {r.ww_rand_s / r.ours_rand_s:5.1f}")
+
+    def total(attr: str) -> float:
+        return sum(getattr(r, attr) for r in rows)
+
+    timed_rows = [r for r in rows if np.isfinite(r.ww_rand_s)]
+    ww_rand, ours_rand = sum(r.ww_rand_s for r in timed_rows), sum(r.ours_rand_s for r in timed_rows)
+    print(f"all models: WeightWatcher {total('ww_s'):.2f} s, ours {total('ours_s'):.2f} s "
+          f"({total('ww_s') / total('ours_s'):.1f}x; gram {total('ww_s') / total('gram_s'):.1f}x); with the "
+          f"randomized ESD ({len(timed_rows)} models) {ww_rand:.1f} s vs {ours_rand:.2f} s ({ww_rand / ours_rand:.1f}x)")
+    ours_fit, ww_fit, gap = fit
     print(f"xmin search on 4096 eigenvalues: ours {ours_fit:.3f} s, WeightWatcher {ww_fit:.3f} s "
           f"({ww_fit / ours_fit:.1f}x), |Δalpha| = {gap:.1e}")
-    if not args.quick:
-        total, svd, with_rand, ww_s = big_layer()
-        print(f"one 4096x4096 Linear: ours {total:.1f} s (SVD {svd:.1f} s, fit and MP {total - svd:.2f} s), "
-              f"with randomized ESD {with_rand:.1f} s; WeightWatcher {ww_s:.1f} s ({ww_s / total:.1f}x)")
-    print("same: ours with ks='lower', min_tail=2 (WeightWatcher's convention); dflt: ours with the exact "
-          "two-sided KS distance and min_tail=10; skip: layers under 20 eigenvalues (WeightWatcher's "
-          "small-sample fit); λmax rel: largest relative gap of λ_max on WeightWatcher's scale")
+    if big is not None:
+        ours_s, svd_s, gram_s, rand_s, ww_s = big
+        print(f"one 4096x4096 Linear: ours {ours_s:.1f} s (svdvals {svd_s:.1f} s, the rest {ours_s - svd_s:.2f} s), "
+              f"gram {gram_s:.1f} s, gram with randomized ESD {rand_s:.1f} s; WeightWatcher {ww_s:.1f} s "
+              f"({ww_s / ours_s:.1f}x; gram {ww_s / gram_s:.1f}x)")
+    print("same: ours with ks='lower', min_tail=2 (WeightWatcher's convention); dflt: ours with the exact two-sided "
+          "KS distance and min_tail=10; skip: layers under 20 eigenvalues (WeightWatcher's small-sample fit); "
+          "λmax rel: largest relative gap of λ_max on WeightWatcher's scale; gram: ours with solver='gram'; "
+          "+rand: WeightWatcher randomize=True, mp_fit=True vs ours with the randomized ESD")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ needs are missing it returns :func:`empty_figure` with a message instead of rais
 The package imports neither Dash nor any part of the core (it reads plain tables and arrays), so it stays
 light in a notebook. One module per subject: :mod:`.curves` (loss and accuracy over steps),
 :mod:`.surfaces` (landscape slices and interpolation), :mod:`.spectra` (Hessian eigenvalues, trace and
-spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse) and :mod:`.grokking`; the shared
+spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse), :mod:`.grokking` and
+:mod:`.weights` (weight-matrix spectra: ESD, power-law alpha, Marchenko–Pastur bulk); the shared
 look lives in :mod:`._style` and the per-run series of a scalars table in :mod:`._series`.
 """
 
@@ -37,6 +38,7 @@ from dashboard.figures.spectra import (
     spectrogram_figure,
 )
 from dashboard.figures.surfaces import interpolation_curves, slice_curves, slice_figure, surface_figure
+from dashboard.figures.weights import weights_alpha_figure, weights_alpha_heatmap_figure, weights_esd_figure
 
 __all__ = [
     "FONT",
@@ -63,4 +65,7 @@ __all__ = [
     "spectrogram_figure",
     "surface_figure",
     "training_curves_figure",
+    "weights_alpha_figure",
+    "weights_alpha_heatmap_figure",
+    "weights_esd_figure",
 ]

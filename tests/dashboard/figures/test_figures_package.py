@@ -18,6 +18,7 @@ PUBLIC = {
     "hessian_eigenvalues_figure", "hessian_trace_figure", "interpolation_curves", "run_colors", "sc_onset",
     "sharpness_figure", "slice_curves", "slice_figure", "spectral_density_figure", "spectrogram_figure",
     "surface_figure", "training_curves_figure",
+    "weights_alpha_figure", "weights_alpha_heatmap_figure", "weights_esd_figure",
 }
 
 
