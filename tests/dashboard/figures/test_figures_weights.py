@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from figure_frames import annotation_texts, long_frame, series_rows
 
 from dashboard import figures
@@ -58,7 +59,7 @@ def test_esd_figure_without_data_says_so():
     assert text == "No spectrum for a: non-finite weights in a.weight (1 NaN, 0 Inf entries)."
 
 
-def _weights_frame() -> "object":
+def _weights_frame() -> pd.DataFrame:
     steps = np.array([0, 10, 20])
     rows = []
     for run, shift in (("r1", 0.0), ("r2", 0.5)):
