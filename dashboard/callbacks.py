@@ -196,6 +196,24 @@ class Callbacks:
         self._active(tab, "dynamics")
         return self._emit(views.dynamics(self.catalog, tokens, selected or [], previous))
 
+    def weights(self, tab: str, selected: list[str], focus: str | None, tokens: list,
+                previous: str | None) -> tuple[Any, ...]:
+        self._active(tab, "weights")
+        return self._emit(views.weights(self.catalog, tokens, selected or [], focus, previous))
+
+    def weights_esd(self, tab: str, focus: str | None, index: int | None, steps: list[int], layer: str | None,
+                    tokens: list, previous: str | None) -> tuple[Any, ...]:
+        self._active(tab, "weights")
+        view = views.weights_esd(self.catalog, tokens, focus, step_at(index, steps), layer, previous)
+        return self._emit(view, with_notice=False)
+
+    def weights_layer_options(self, focus: str | None, tokens: list | None, layer: str | None) -> tuple[Any, Any]:
+        """The focus run's weight matrices as the layer picker's options; the choice is kept while it exists."""
+        names = views.weight_layers(self.catalog, tokens, focus)
+        options = [{"label": n, "value": n} for n in names]
+        value = layer if layer in names else None
+        return options, value if value != layer else no_update
+
     # -- downloads -----------------------------------------------------------------------------------
     def download(self, tab: str, n_clicks: int | None, selected: list[str], focus: str | None,
                  index: int | None, steps: list[int], metric: str | None, plane: str | None,
@@ -267,6 +285,14 @@ def register(app: dash.Dash, cb: Callbacks) -> None:
                  tab, runs, tokens, fingerprint("grokking-fingerprint"))(cb.grokking)
     app.callback(*_view_outputs("dynamics", TAB_GRAPHS["dynamics"], "dynamics-fingerprint"),
                  tab, runs, tokens, fingerprint("dynamics-fingerprint"))(cb.dynamics)
+
+    app.callback(*_view_outputs("weights", ["weights-heatmap", "weights-alpha"], "weights-fingerprint"),
+                 tab, runs, focus, tokens, fingerprint("weights-fingerprint"))(cb.weights)
+    app.callback(*_view_outputs("weights", ["weights-esd"], "weights-esd-fingerprint", with_notice=False),
+                 tab, focus, index, steps, Input("weights-layer", "value"), tokens,
+                 fingerprint("weights-esd-fingerprint"))(cb.weights_esd)
+    app.callback(Output("weights-layer", "options"), Output("weights-layer", "value"),
+                 focus, tokens, State("weights-layer", "value"))(cb.weights_layer_options)
 
     register_compare(app, CompareCallbacks(cb.catalog))
     for name in (t for t in TABS if t != "compare"):  # the Compare tab downloads its own grids

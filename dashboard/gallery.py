@@ -73,6 +73,9 @@ def _run_section(catalog: Catalog, ref: RunRef, metric: str) -> Section:
         section.add(views.cosine(catalog, None, ref.key, None), ("collapse",), ["cosine"])
     if has("grokking"):
         section.add(views.grokking(catalog, None, keys), ("grokking",), ["grokking"])
+    if has("weights"):
+        section.add(views.weights_esd(catalog, None, ref.key, None, None), ("weights",), ["weights-esd"])
+        section.add(views.weights(catalog, None, keys, ref.key), ("weights",), ["weights-heatmap", "weights-alpha"])
     if has("noise") or has("connectivity"):
         section.add(views.dynamics(catalog, None, keys), ("noise", "connectivity"),
                     ["dynamics-noise", "dynamics-connectivity"])

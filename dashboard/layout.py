@@ -24,12 +24,13 @@ TAB_GRAPHS = {
     "sharpness": ["sharpness-measures"],
     "collapse": ["collapse-measures", "collapse-cosine"],
     "grokking": ["grokking-diagnostics"],
+    "weights": ["weights-esd", "weights-heatmap", "weights-alpha"],
     "dynamics": ["dynamics-noise", "dynamics-connectivity"],
     "compare": ["compare-surface", "compare-density"],
 }
 # Views that follow the checkpoint slider inside a tab, redrawn on their own.
 _EXTRA_VIEWS = {"landscape": ("landscape-trajectory",), "hessian": ("hessian-density", "hessian-preconditioned"),
-                "collapse": ("collapse-cosine",)}
+                "collapse": ("collapse-cosine",), "weights": ("weights-esd",)}
 _TAB_HELP = {
     "overview": "Loss and accuracy over training steps, from the training monitor and the metrics probe.",
     "landscape": "The loss surface around the selected checkpoint (along the slice directions d₁, d₂, random and "
@@ -45,6 +46,9 @@ _TAB_HELP = {
                 "cosine matrix at the selected checkpoint.",
     "grokking": "Train/test accuracy and loss, Softmax Collapse, NLM alignment and norms. Dashed lines: grokking "
                 "onset (test accuracy ≥ 95% of its best); dotted: SC onset (SC fraction > 1%).",
+    "weights": "Weight-matrix spectra (no data needed): the selected layer's eigenvalue density on log-log axes with "
+               "its power-law fit p(λ) ∝ λ^−α and the Marchenko–Pastur bulk, the per-layer α over training, and "
+               "the model-level α (2–4: well-trained layers; above 6: close to random).",
     "dynamics": "The gradient noise scale B_simple = tr Σ/|G|² and B_noise = tr(HΣ)/GᵀHG over training (the "
                 "critical batch size), and mode connectivity: the loss along a trained curve between two models "
                 "against the straight line, before and after permutation alignment.",
@@ -117,6 +121,14 @@ def _tab(tab: str) -> dcc.Tab:
                 ]),
             ]),
         ])]
+    if tab == "weights":
+        controls = [html.Div(className="control-row", children=[
+            html.Div(className="control", children=[
+                html.Label("Layer (ESD)", htmlFor="weights-layer"),
+                dcc.Dropdown(id="weights-layer", options=[], value=None, clearable=False,
+                             placeholder="first layer with a fit"),
+            ]),
+        ])]
     if tab == "compare":
         from dashboard import compare  # it builds on this module
 
@@ -128,6 +140,8 @@ def _tab(tab: str) -> dcc.Tab:
                          children=[_graph("hessian-preconditioned")])]
     elif tab == "dynamics":
         body = [html.Div(className="grid-2", children=[_graph(g) for g in graphs])]
+    elif tab == "weights":
+        body = [html.Div(className="grid-2", children=[_graph(g, height=440) for g in graphs[:2]]), _graph(graphs[2])]
     elif tab == "landscape":
         body = [_graph(graphs[0], height=540), _graph(graphs[1], height=560), _graph(graphs[2])]
     else:

@@ -17,13 +17,14 @@ import plotly.graph_objects as go
 from dashboard import figures
 from dashboard.data import MONITOR, Catalog, RunRef, Tokens
 
-TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking", "dynamics", "compare")
+TABS = ("overview", "landscape", "hessian", "sharpness", "collapse", "grokking", "weights", "dynamics", "compare")
 TAB_LABELS = {"overview": "Overview", "landscape": "Landscape", "hessian": "Hessian", "sharpness": "Sharpness",
-              "collapse": "Collapse", "grokking": "Grokking", "dynamics": "Dynamics", "compare": "Compare"}
+              "collapse": "Collapse", "grokking": "Grokking", "weights": "Weights", "dynamics": "Dynamics",
+              "compare": "Compare"}
 # The probes whose scalars each tab plots (and exports as CSV).
 TAB_PROBES = {"overview": ("metrics", MONITOR), "landscape": ("slices",), "hessian": ("hessian",),
               "sharpness": ("sharpness",), "collapse": ("collapse",), "grokking": ("grokking", MONITOR, "metrics"),
-              "dynamics": ("noise", "connectivity"), "compare": ("slices", "hessian")}
+              "weights": ("weights",), "dynamics": ("noise", "connectivity"), "compare": ("slices", "hessian")}
 
 _SURFACE_KEYS = ("loss", "accuracy", "test_loss", "test_accuracy")
 _SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_test_accuracy",
@@ -31,6 +32,8 @@ _SLICE_KEYS = ["line_x", "line_loss", "line_accuracy", "line_test_loss", "line_t
 _INTERP_KEYS = ["interp_x", "interp_loss", "interp_accuracy", "interp_test_loss", "interp_test_accuracy",
                 "interp_from_step"]
 _PATH_KEYS = ["path_x", "path_y", "path_steps", "explained_variance"]
+_ESD_KEYS = ["layer_names", "messages", "alpha", "alpha_stderr", "xmin", "n_tail", "n_evals", "mp_scale", "mp_ratio",
+             "mp_threshold", "n_spikes", "esd_log10_edges", "esd_counts"]
 
 
 @dataclass
@@ -352,6 +355,64 @@ def dynamics(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], previ
     connectivity = figures.connectivity_figure(curves, colors=palette)
     return View([_graph_uirevision(noise, "dynamics-noise"), _graph_uirevision(connectivity, "dynamics-connectivity")],
                 notice, len(missing) < len(refs), fingerprint)
+
+
+# -- weights ----------------------------------------------------------------------------------------
+def weight_layers(catalog: Catalog, tokens: Tokens | None, focus: str | None) -> list[str]:
+    """The weight matrices (row names, in model order) of the focus run's newest ``weights`` result."""
+    ref = catalog.ref(focus, tokens) if focus else None
+    steps = catalog.steps(ref, "weights", tokens) if ref is not None else []
+    if not steps:
+        return []
+    names = catalog.arrays(ref, "weights", steps[-1], tokens, keys=["layer_names"]).get("layer_names")
+    return [] if names is None else [str(n) for n in np.asarray(names).ravel()]
+
+
+def weights(catalog: Catalog, tokens: Tokens | None, keys: Sequence[str], focus: str | None,
+            previous: str | None = None) -> View | None:
+    """The layer × step alpha heat map of the focus run and the model-level alphas of the selected runs."""
+    refs = catalog.refs(keys, tokens)
+    if not refs:
+        return _no_runs_view(2)
+    fingerprint = _fp(catalog, refs, ["weights"], tokens, "weights", focus)
+    if fingerprint == previous:
+        return None
+    missing = [r.key for r in refs if not catalog.has(r, "weights", tokens)]
+    notice = missing_notice("weights", missing, len(refs))
+    frame = catalog.scalars(refs, ["weights"], tokens)
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None or not catalog.has(ref, "weights", tokens):
+        ref = next((r for r in refs if catalog.has(r, "weights", tokens)), None)
+    if ref is not None:
+        heat = figures.weights_alpha_heatmap_figure(frame, run=ref.key, layers=weight_layers(catalog, tokens, ref.key))
+    else:
+        heat = figures.empty_figure("No per-layer alpha recorded.")
+    trend = figures.weights_alpha_figure(frame, colors=colors(catalog, tokens))
+    figs = [_graph_uirevision(heat, f"weights-heatmap-{ref.key if ref else ''}"),
+            _graph_uirevision(trend, "weights-alpha")]
+    return View(figs, notice, len(missing) < len(refs), fingerprint)
+
+
+def weights_esd(catalog: Catalog, tokens: Tokens | None, focus: str | None, step: int | None, layer: str | None,
+                previous: str | None = None) -> View | None:
+    """The ESD of one layer of the focus run at the checkpoint nearest ``step``, with its fits."""
+    ref = catalog.ref(focus, tokens) if focus else None
+    if ref is None:
+        return _no_runs_view()
+    shown = catalog.nearest_step(ref, "weights", step, tokens)
+    if shown is None:
+        return View([figures.empty_figure("No weights results in this run yet.")], None, False, "weights-esd-none")
+    fingerprint = _fp(catalog, [ref], ["weights"], tokens, "weights-esd", shown, layer)
+    if fingerprint == previous:
+        return None
+    arrays = catalog.arrays(ref, "weights", shown, tokens, keys=_ESD_KEYS)
+    index = figures.weights.layer_index(arrays, layer)
+    name = str(np.asarray(arrays["layer_names"]).ravel()[index]) if index is not None else (layer or "")
+    title = f"{ref.key} — ESD of {name} at step {shown:,}"
+    if step is not None and shown != step:
+        title += f" (nearest to {int(step):,})"
+    fig = figures.weights_esd_figure(arrays, layer, title=title)
+    return View([_graph_uirevision(fig, f"weights-esd-{ref.key}-{name}")], None, bool(arrays), fingerprint)
 
 
 # -- CSV export -------------------------------------------------------------------------------------

@@ -59,6 +59,15 @@ def _positive(flag: str, value: object, kind: type = int) -> None:
         raise CommandError(f"{flag} must be a positive {'integer' if kind is int else 'number'}, got {value!r}.")
 
 
+def _data_free(names: list[str] | None) -> bool:
+    """Whether every named probe reads only the weights (then ``--data`` may be left out)."""
+    from landscape import probe as probes
+
+    if not names:
+        return False
+    return all(not probes.needs_data(probes.get(name)) for name in names)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from landscape import factories
     from landscape.checkpoints import find_checkpoints
@@ -66,14 +75,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from landscape.runner import execute_run, prepare_run
     from landscape.store import Store
 
+    names = _parse_probe_list(args.probes)
     if args.config:
         config = factories.read_config(args.config)
     else:
-        missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
-                                            ("--checkpoints", args.checkpoints)) if not value]
+        needed = [("--model", args.model), ("--data", args.data or _data_free(names)),
+                  ("--checkpoints", args.checkpoints)]
+        missing = [flag for flag, value in needed if not value]
         if missing:
             raise CommandError(f"analyze needs --config or the flags {', '.join(missing)}.")
-        config = factories.RunConfig(model=args.model, data=args.data, loss=args.loss or "cross_entropy",
+        config = factories.RunConfig(model=args.model, data=args.data or "", loss=args.loss or "cross_entropy",
                                      checkpoints=args.checkpoints, store=args.store or "runs/landscape.sqlite")
     for attr, value in (("checkpoints", args.checkpoints), ("store", args.store), ("loss", args.loss),
                         ("run", args.run), ("device", args.device), ("max_samples", args.max_samples),
@@ -89,10 +100,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _positive("--lr", config.lr, float)
 
     # Everything that can fail on bad input runs before the store is opened: nothing is written then.
-    selected = _probe_params(_parse_probe_list(args.probes), config.probes)
+    selected = _probe_params(names, config.probes)
     checkpoints = find_checkpoints(config.checkpoints, unsafe=config.unsafe_pickle)
     build = factories.model_factory(config.model, config.model_kwargs)
-    train, test = factories.data_factory(config.data, config.data_kwargs)
+    # Without --data (every selected probe data-free) there is nothing to load.
+    train, test = factories.data_factory(config.data, config.data_kwargs) if config.data else (None, None)
     loss_fn = factories.loss_function(config.loss, config.loss_kwargs)
     loss_target = factories.LOSS_SHORTHANDS.get(config.loss, config.loss)
     inputs = {"model": target_spec(config.model, config.model_kwargs), "loss": target_spec(loss_target, config.loss_kwargs),
@@ -440,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="run probes over the checkpoints of a run into a store")
     analyze.add_argument("--config", help="TOML run config (flags below override it)")
     analyze.add_argument("--model", help="model factory, 'package.module:function' or 'file.py:function'")
-    analyze.add_argument("--data", help="data factory returning train, (train, test) or {'train', 'test'}")
+    analyze.add_argument("--data", help="data factory returning train, (train, test) or {'train', 'test'} "
+                                        "(not needed when every probe is data-free, e.g. --probes weights)")
     analyze.add_argument("--loss", help="loss: 'torch.nn:CrossEntropyLoss', a function, or cross_entropy/mse")
     analyze.add_argument("--checkpoints", help="checkpoint folder (or one file)")
     analyze.add_argument("--probes", help="comma-separated probe names (default: every registered probe)")

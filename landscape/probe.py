@@ -2,9 +2,11 @@
 
 A probe is any object with a ``name``, a ``defaults`` dict of its params and ``run(ctx, **params) ->
 Result``; one that reads ``ctx.optimizer_state`` says so with ``uses_optimizer_state = True`` (the runner
-reads the optimizer state from the checkpoint only for such probes). :class:`ProbeContext` carries everything a probe may use at one checkpoint; :class:`Result` is
-saved as one unit by the store. The registry discovers every module of the ``probes`` package that defines
-a module-level ``PROBE``, on first use, so the core names the package only here and by string.
+reads the optimizer state from the checkpoint only for such probes), and ``needs_data = False`` marks one
+that reads only the weights. :class:`ProbeContext` carries everything a probe may use at one checkpoint;
+:class:`Result` is saved as one unit by the store. The registry discovers every module of the ``probes``
+package that defines a module-level ``PROBE``, on first use, so the core names the package only here and
+by string.
 """
 
 from __future__ import annotations
@@ -97,6 +99,13 @@ class Probe(Protocol):
     defaults: ClassVar[dict[str, Any]]
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result: ...
+
+
+def needs_data(probe: Probe) -> bool:
+    """Whether ``probe`` measures the model on data; a data-free probe (one that reads only the weights)
+    sets the class attribute ``needs_data = False``, and the runner then neither loads nor checks data for it.
+    """
+    return bool(getattr(probe, "needs_data", True))
 
 
 def resolve_params(probe: Probe, params: Mapping[str, Any] | None) -> dict[str, Any]:

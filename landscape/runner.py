@@ -34,7 +34,7 @@ from landscape.checkpoints import (
     read_state_dict,
     sha256,
 )
-from landscape.data import Batches, as_batches
+from landscape.data import Batches, DataError, as_batches
 from landscape.evaluate import LossFn
 from landscape.identity import changed_inputs, describe, identity, params_identity, result_inputs, run_inputs
 from landscape.leases import DEFAULT_TTL, Claim, Leases
@@ -112,16 +112,29 @@ def prepare_run(
     device = pick_device(device)
     selected = {name: probe_registry.get(name) for name in probes}
     resolved = {name: probe_registry.resolve_params(selected[name], probes[name]) for name in probes}
-    train_batches = as_batches(train, device=device, max_samples=max_samples, seed=seed, batch_size=batch_size,
-                               name="train data")
-    test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
-                                                        batch_size=batch_size, name="test data")
+    data_free = {name for name, probe in selected.items() if not probe_registry.needs_data(probe)}
+    uses_data = len(data_free) < len(selected)
+    if uses_data and train is None:
+        raise DataError(f"train data is required by the probe(s) {', '.join(sorted(set(selected) - data_free))}; "
+                        "only data-free probes (such as weights) run without it.")
     given = dict(inputs or {})
-    shared = run_inputs(train=train_batches, test=test_batches, loss=given.get("loss") or describe(loss_fn),
-                        model=given.get("model") or describe(model_factory), data_source=given.get("data"))
-    per_probe = {name: result_inputs(shared, selected[name]) for name in probes}
+    model_inputs = given.get("model") or describe(model_factory)
+    if uses_data:
+        train_batches = as_batches(train, device=device, max_samples=max_samples, seed=seed, batch_size=batch_size,
+                                   name="train data")
+        test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
+                                                            batch_size=batch_size, name="test data")
+        shared = run_inputs(train=train_batches, test=test_batches, loss=given.get("loss") or describe(loss_fn),
+                            model=model_inputs, data_source=given.get("data"))
+    else:  # every probe reads only the weights: the data are neither loaded nor checked
+        train_batches, test_batches, shared = Batches(()), None, {}
+    # A data-free probe's result depends on the weights alone: data and loss stay out of its identity.
+    weights_only = {"data": None, "n_train": None, "n_test": None, "loss": None, "model": dict(model_inputs)}
+    per_probe = {name: result_inputs(weights_only if name in data_free else shared, selected[name])
+                 for name in probes}
     model = model_factory().to(device)
-    preflight(model, loss_fn, train_batches, test_batches)
+    if uses_data:
+        preflight(model, loss_fn, train_batches, test_batches)
     return RunPlan(
         probes=selected, params=resolved, inputs=per_probe,
         hashes={name: identity(name, resolved[name], per_probe[name]) for name in probes},

@@ -16,7 +16,8 @@ light in a notebook. One module per subject: :mod:`.curves` (loss and accuracy o
 plane, animated), :mod:`.compare` (two results side by side with their difference), :mod:`.spectra` (Hessian
 eigenvalues, trace and spectral density), :mod:`.sharpness`, :mod:`.collapse` (neural collapse),
 :mod:`.grokking` and :mod:`.dynamics` (preconditioned sharpness, gradient noise scale, mode
-connectivity); the shared look, and the publication style of static exports, live in :mod:`._style`
+connectivity), :mod:`.weights` (weight-matrix spectra: ESD, power-law alpha,
+Marchenko–Pastur bulk); the shared look, and the publication style of static exports, live in :mod:`._style`
 and the per-run series of a scalars table in :mod:`._series`.
 """
 
@@ -57,6 +58,7 @@ from dashboard.figures.spectra import (
 )
 from dashboard.figures.surfaces import interpolation_curves, slice_curves, slice_figure, surface_figure
 from dashboard.figures.trajectory import animation_frames, trajectory_animation_figure
+from dashboard.figures.weights import weights_alpha_figure, weights_alpha_heatmap_figure, weights_esd_figure
 
 __all__ = [
     "FONT",
@@ -93,4 +95,7 @@ __all__ = [
     "surface_figure",
     "training_curves_figure",
     "trajectory_animation_figure",
+    "weights_alpha_figure",
+    "weights_alpha_heatmap_figure",
+    "weights_esd_figure",
 ]

@@ -164,8 +164,12 @@ class Monitor:
         self._test = None if test_data is None else as_batches(test_data, name="test data")
         self._batches: dict[tuple[str, str], Batches] = {}
         self._specs = self._resolve_probes(probes, probe_every, schedule, points_per_decade)
-        if self._specs and (self._data is None or loss_fn is None):
-            raise ValueError("registered probes need training data and a loss: pass data= and loss_fn=.")
+        from landscape.probe import needs_data
+
+        hungry = [s.name for s in self._specs if needs_data(s.probe)]
+        if hungry and (self._data is None or loss_fn is None):
+            raise ValueError(f"the probe(s) {', '.join(hungry)} need training data and a loss: pass data= and "
+                             "loss_fn= (data-free probes such as weights run without them).")
         self.save_checkpoints = bool(save_checkpoints)
         self.checkpoint_cadence = None if checkpoint_every is None else Cadence(checkpoint_every)
         if isinstance(store, Store):
@@ -365,7 +369,8 @@ class Monitor:
             # a probe copy of the model on another device is not the model the optimizer holds: map by name
             optimizer_state = optimizer if self.probe_device is None else named_state_dict(model, optimizer)
         checkpoints, load_state = self._trajectory(model, step, device)
-        train = self._on(self._data, device, "probe", self.max_samples)  # type: ignore[arg-type]
+        # Only data-free probes are registered when there is no data; they get an empty set of batches.
+        train = Batches(()) if self._data is None else self._on(self._data, device, "probe", self.max_samples)
         test = None if self._test is None else self._on(self._test, device, "probe-test", self.max_samples)
         if self.probe_device is not None:
             target = copy.deepcopy(model).to(device)

@@ -15,7 +15,9 @@ import numpy as np
 from landscape.store import Store
 from probes.base import Result
 
-ALL_PROBES = ("metrics", "monitor", "hessian", "slices", "sharpness", "collapse", "grokking", "noise", "connectivity")
+ALL_PROBES = ("metrics", "monitor", "hessian", "slices", "sharpness", "collapse", "grokking", "noise", "connectivity",
+              "weights")
+WEIGHT_LAYERS = ("fc1", "fc2", "fc3", "head")
 
 
 def _sc_fraction(t: float, r: int) -> float:
@@ -183,6 +185,53 @@ def _connectivity(r: int) -> Result:
                           "train_loss": np.linspace(0.8, 0.1, 50)}, params={"curve": "bezier"})
 
 
+def _weights(t: float, r: int, bins: int = 30) -> Result:
+    """Per-layer spectra whose tails grow heavier with training (alpha from ~6 down to ~2.5–3.5); the head
+    has too few eigenvalues for a fit, as a 10-class output layer would."""
+    rng = np.random.default_rng(100 + r)
+    names, rows = list(WEIGHT_LAYERS), []
+    for i, name in enumerate(names):
+        n_evals = 10 if name == "head" else 128
+        ratio, scale = 0.5, 0.01 * (1 + i)
+        bulk = scale * (1 + np.sqrt(ratio)) ** 2 * rng.beta(1.2, 2.0, n_evals)
+        alpha = 6.0 - (3.0 - 0.4 * i + 0.3 * r) * t
+        n_tail = int(8 + 40 * t)
+        xmin = scale * (1 + np.sqrt(ratio)) ** 2 * 0.8
+        tail = xmin * (1 - rng.uniform(size=n_tail)) ** (-1 / (alpha - 1))
+        evals = np.sort(np.concatenate([bulk[: n_evals - n_tail], tail]))
+        log_edges = np.linspace(np.log10(evals.min()), np.log10(evals.max()), bins + 1)
+        counts = np.histogram(np.log10(evals), bins=log_edges)[0]
+        fitted = name != "head"
+        top = float(evals.max())
+        threshold = scale * ((1 + np.sqrt(ratio)) ** 2 + 0.1)
+        rows.append(dict(name=name, alpha=alpha if fitted else np.nan, xmin=xmin if fitted else np.nan,
+                         n_tail=n_tail if fitted else 0, n_evals=n_evals, log_edges=log_edges, counts=counts,
+                         spectral_norm=top, mp_scale=scale, mp_ratio=ratio, mp_threshold=threshold,
+                         n_spikes=int((evals > threshold).sum()), valid=fitted,
+                         message="" if fitted else "too few eigenvalues for a power-law fit (10 positive < min_tail=10)"))
+    scalars: dict[str, float] = {}
+    for row in rows:
+        if row["valid"]:
+            scalars[f"{row['name']}/alpha"] = float(row["alpha"])
+            scalars[f"{row['name']}/alpha_hat"] = float(row["alpha"] * np.log10(row["spectral_norm"]))
+        scalars[f"{row['name']}/spectral_norm"] = row["spectral_norm"]
+        scalars[f"{row['name']}/n_spikes"] = float(row["n_spikes"])
+    fitted_rows = [row for row in rows if row["valid"]]
+    scalars["alpha_mean"] = float(np.mean([row["alpha"] for row in fitted_rows]))
+    scalars["alpha_weighted"] = float(np.mean([row["alpha"] * np.log10(row["spectral_norm"]) for row in fitted_rows]))
+    scalars.update(n_layers=float(len(rows)), n_fitted=float(len(fitted_rows)), n_invalid=1.0)
+    column = lambda key, dtype=float: np.array([row[key] for row in rows], dtype=dtype)  # noqa: E731
+    arrays = {
+        "layer_names": np.array(names), "layers": np.array(names), "messages": np.array([row["message"] for row in rows]),
+        "valid": column("valid", bool), "alpha": column("alpha"), "xmin": column("xmin"), "n_tail": column("n_tail"),
+        "n_evals": column("n_evals"), "spectral_norm": column("spectral_norm"), "mp_scale": column("mp_scale"),
+        "mp_ratio": column("mp_ratio"), "mp_threshold": column("mp_threshold"), "n_spikes": column("n_spikes"),
+        "esd_log10_edges": np.stack([row["log_edges"] for row in rows]),
+        "esd_counts": np.stack([row["counts"] for row in rows]).astype(np.int64),
+    }
+    return Result(scalars=scalars, arrays=arrays, params={"esd_scale": "N"})
+
+
 def write_run(store: Store, run: str, *, r: int = 0, n_steps: int = 12, every: int = 100, grid: int = 21,
               n_classes: int = 5, k: int = 5, lr: float = 0.05, probes: Sequence[str] = ALL_PROBES,
               monitor_every: int | None = None, error: bool = False) -> list[int]:
@@ -220,6 +269,8 @@ def write_run(store: Store, run: str, *, r: int = 0, n_steps: int = 12, every: i
             store.write_result(run, s, "noise", _noise(t, r))
         if "connectivity" in probes and last:
             store.write_result(run, s, "connectivity", _connectivity(r))
+        if "weights" in probes:
+            store.write_result(run, s, "weights", _weights(t, r))
     if error:
         store.write_error(run, steps[-1], "hessian", "Lanczos did not converge (synthetic error)")
     return steps

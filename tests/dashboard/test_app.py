@@ -128,10 +128,11 @@ def test_inactive_tabs_and_unchanged_data_do_not_redraw(app):
     ("collapse", ["collapse-measures"]),
     ("grokking", ["grokking-diagnostics"]),
     ("dynamics", ["dynamics-noise", "dynamics-connectivity"]),
+    ("weights", ["weights-heatmap", "weights-alpha"]),
 ])
 def test_every_tab_draws_figures_with_data(app, tab, graphs):
     tokens, steps, index = first_view(app)
-    args = (tab, RUNS, "sgd", tokens, None) if tab == "hessian" else (tab, RUNS, tokens, None)
+    args = (tab, RUNS, "sgd", tokens, None) if tab in ("hessian", "weights") else (tab, RUNS, tokens, None)
     out = getattr(app.callbacks, tab)(*args)
     figures_out = out[:len(graphs)]
     assert all(len(f.data) > 0 for f in figures_out)
@@ -233,6 +234,27 @@ def test_dynamics_tab_shows_noise_over_steps_and_the_latest_connectivity(app):
     assert set(frame["probe"]) == {"noise", "connectivity"}
 
 
+def test_weights_tab_shows_the_chosen_layers_esd_and_its_alpha_over_layers_and_steps(app):
+    tokens, steps, last = first_view(app, "weights")
+    options, value = app.callbacks.weights_layer_options("sgd", tokens, None)
+    assert [o["value"] for o in options] == ["fc1", "fc2", "fc3", "head"]
+    assert app.callbacks.weights_layer_options("sgd", tokens, "fc2")[1] is dash.no_update  # the choice is kept
+    esd, fingerprint = app.callbacks.weights_esd("weights", "sgd", 2, steps, "fc2", tokens, None)
+    stored = app.catalog.stores[0].arrays("sgd", 200, "weights")
+    assert esd.layout.title.text == "sgd — ESD of fc2 at step 200"
+    assert f"power law α = {stored['alpha'][1]:.2f}" in [t.name for t in esd.data]
+    with pytest.raises(PreventUpdate):  # same step and layer: no redraw
+        app.callbacks.weights_esd("weights", "sgd", 2, steps, "fc2", tokens, fingerprint)
+    head, _ = app.callbacks.weights_esd("weights", "sgd", 2, steps, "head", tokens, None)
+    assert not any(t.name.startswith("power law") for t in head.data)  # too few eigenvalues for a fit
+    heat, trend, *_ = app.callbacks.weights("weights", RUNS, "sgd", tokens, None)
+    assert list(heat.data[0].y) == ["fc1", "fc2", "fc3"]  # model order; the head has no alpha
+    assert [t.name for t in trend.data] == ["sgd · mean α", "sgd · weighted α̂", "adam · mean α",
+                                            "adam · weighted α̂"]
+    csv = _csv(app.callbacks.download("weights", 1, RUNS, "sgd", last, steps, "loss", "random", tokens))
+    assert set(csv["probe"]) == {"weights"} and "fc1/alpha" in set(csv["key"])
+
+
 def test_a_probe_missing_from_the_store_is_explained(tmp_path):
     path = tmp_path / "metrics-only.sqlite"
     with Store(path) as store:
@@ -250,6 +272,8 @@ def test_a_probe_missing_from_the_store_is_explained(tmp_path):
             assert f"No {tab} results in this run yet" in "".join(str(n) for n in out[1])
         out = app.callbacks.dynamics("dynamics", ["only"], tokens, None)
         assert "No noise or connectivity results in this run yet" in "".join(str(n) for n in out[2])
+        out = app.callbacks.weights("weights", ["only"], "only", tokens, None)
+        assert "No weights results in this run yet" in "".join(str(n) for n in out[2])
         _, _, notice, *_ = app.callbacks.landscape("landscape", ["only"], "only", 0, [0, 100, 200], "loss", "random",
                                                    "slice", tokens, None)
         assert "No slices results in this run yet" in "".join(str(n) for n in notice)

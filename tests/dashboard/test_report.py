@@ -49,7 +49,7 @@ def test_every_probe_of_every_run_has_a_figure(report: str, shared_store) -> Non
     names = [f["name"] for f in figures if f["run"] == "sgd"]
     assert names == ["training-curves", "surface", "trajectory", "slice-1d", "interpolation", "hessian-eigenvalues",
                      "hessian-trace", "spectrogram", "hessian-density", "sharpness", "collapse", "cosine", "grokking",
-                     "dynamics-noise", "dynamics-connectivity"]
+                     "weights-esd", "weights-heatmap", "weights-alpha", "dynamics-noise", "dynamics-connectivity"]
     assert [f for f in figures if f.get("animated")] == [f for f in figures if f["name"] == "trajectory"]
     assert {f["run"] for f in figures} == {"all runs", "sgd", "adam"}
 

@@ -56,11 +56,11 @@ def test_every_probe_has_a_drawn_graph_with_data_and_nothing_is_fetched(report_p
     with Store(store, readonly=True) as opened:
         probes = set(opened.results(run="sgd")["probe"])
     assert probes == {"metrics", "monitor", "hessian", "slices", "sharpness", "collapse", "grokking", "noise",
-                      "connectivity"}
+                      "connectivity", "weights"}
     for probe in probes:
         graphs = [s for s in states if probe in s["probes"].split() and s["traces"] > 0 and s["points"] > 0]
         assert graphs, f"no graph with data for probe {probe}: {states}"
-    assert len(driver.find_elements("css selector", ".js-plotly-plot")) == len(states) == 15
+    assert len(driver.find_elements("css selector", ".js-plotly-plot")) == len(states) == 18
     fetched = driver.execute_script("return performance.getEntriesByType('resource').map(function (r) { return r.name; })")
     assert [u for u in fetched if not u.startswith("file:")] == []
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

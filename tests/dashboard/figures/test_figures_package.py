@@ -20,6 +20,7 @@ PUBLIC = {
     "surface_figure", "training_curves_figure",
     # training dynamics beyond SGD
     "connectivity_figure", "noise_scale_figure", "preconditioned_sharpness_figure",
+    "weights_alpha_figure", "weights_alpha_heatmap_figure", "weights_esd_figure",
 }
 # Added with the sharing features: the publication style, the trajectory animation, comparison figures.
 PUBLIC |= {"OKABE_ITO", "PUBLICATION_TEMPLATE", "publication", "animation_frames", "trajectory_animation_figure",
