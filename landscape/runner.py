@@ -28,6 +28,7 @@ from landscape.checkpoints import (
 )
 from landscape.data import Batches, DataError, as_batches
 from landscape.evaluate import LossError, LossFn, check_scalar_loss
+from landscape.objective import as_objective, describe_outputs
 from landscape.params import preserved
 from landscape.store import Store, config_hash
 
@@ -166,20 +167,24 @@ def run_probes(
     return report
 
 
-def _preflight(model: nn.Module, loss_fn: LossFn, train: Batches) -> None:
-    """Fail before any work when the loss cannot be used (not a scalar mean, wrong targets)."""
-    x, y = train.batches[0]
+def _preflight(model: nn.Module, loss_fn: LossFn | str, train: Batches) -> None:
+    """Fail before any work when the loss cannot be used (not a scalar mean, wrong targets, no logits)."""
+    objective = as_objective(loss_fn, model)
+    batch = train.batches[0].rows(0, 8)
     with preserved(model), torch.no_grad():
         try:
-            outputs = model(x[:8])
+            outputs = objective.forward(model, batch)
         except Exception as error:
-            raise DataError(f"the model cannot process the first train batch (inputs of shape "
-                            f"{tuple(x.shape)}): {type(error).__name__}: {error}") from None
+            shape = tuple(batch.inputs.shape) if isinstance(batch.inputs, torch.Tensor) else None
+            raise DataError(f"the model cannot process the first train batch ({batch.describe()}"
+                            f"{f', inputs of shape {shape}' if shape else ''}): {type(error).__name__}: {error}") from None
         try:
-            loss = loss_fn(outputs, y[:8])
+            loss = objective.loss(outputs, batch)
+        except LossError:
+            raise
         except Exception as error:
-            raise LossError(f"the loss fails on the model's outputs {tuple(outputs.shape)} and targets "
-                            f"{tuple(y.shape)}: {type(error).__name__}: {error}") from None
+            raise LossError(f"the loss fails on the model's outputs ({describe_outputs(outputs)}) and targets "
+                            f"{tuple(batch.targets.shape)}: {type(error).__name__}: {error}") from None
         check_scalar_loss(loss)
 
 
