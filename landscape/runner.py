@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def result_identity(probe: str, params: Mapping[str, Any], data_settings: Mappin
 def _learning_rate(lr: float | None, checkpoint: Checkpoint, unsafe: bool) -> float | None:
     if lr is not None:
         return float(lr)
-    if checkpoint.path.suffix == ".safetensors":
+    if checkpoint.path.suffix == ".safetensors" and not checkpoint.path.is_dir():
         return None
     try:
         meta = read_metadata(checkpoint.path, unsafe=unsafe)
@@ -97,6 +98,7 @@ def run_probes(
     unsafe: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    targets_key: str | None = None,
 ) -> RunReport:
     """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``."""
     from landscape import probe as probe_registry
@@ -106,9 +108,10 @@ def run_probes(
     selected = {name: probe_registry.get(name) for name in probes}
     resolved = {name: probe_registry.resolve_params(selected[name], probes[name]) for name in probes}
     train_batches: Batches = as_batches(train, device=device, max_samples=max_samples, seed=seed,
-                                        batch_size=batch_size, name="train data")
+                                        batch_size=batch_size, name="train data", targets_key=targets_key)
     test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
-                                                        batch_size=batch_size, name="test data")
+                                                        batch_size=batch_size, name="test data",
+                                                        targets_key=targets_key)
     data_settings = {"max_samples": max_samples, "seed": seed, "n_train": train_batches.n_samples,
                      "n_test": None if test_batches is None else test_batches.n_samples}
     hashes = {name: result_identity(name, resolved[name], data_settings) for name in probes}
@@ -117,6 +120,7 @@ def run_probes(
 
     report = RunReport()
     model: nn.Module | None = None
+    timing = _Timing(emit, len(ordered))
     bar = _progress_bar(len(ordered) * len(selected), progress)
     known = {step: digest for step, _, digest in store.checkpoints(run)}
     try:
@@ -140,6 +144,8 @@ def run_probes(
                     model = model_factory().to(device)
                     load_into(model, state, checkpoint.path)
                     _preflight(model, loss_fn, train_batches)
+                    if progress or log is not None:
+                        _print_costs(emit, selected, resolved, model, train_batches, len(ordered))
                 else:
                     load_into(model, state, checkpoint.path)
             except CheckpointError as error:
@@ -155,6 +161,7 @@ def run_probes(
             if step_lr is not None and lr is None:
                 store.add_run(run, {"lr": step_lr})
             bar.update(len(selected) - len(todo))
+            timing.start(checkpoint.step)
             for name in todo:
                 bar.set_description(f"step {checkpoint.step} · {name}")
                 _run_one(
@@ -162,9 +169,44 @@ def run_probes(
                     device, checkpoint, ordered, run, step_lr, unsafe, store, report, progress, emit,
                 )
                 bar.update(1)
+            timing.done(ordered.index(checkpoint))
     finally:
         bar.close()
     return report
+
+
+class _Timing:
+    """Measures the first checkpoint that does work and prints how long the rest will take."""
+
+    def __init__(self, emit: Callable[[str], None], total: int) -> None:
+        self.emit, self.total, self.started, self.step, self.reported = emit, total, 0.0, 0, False
+
+    def start(self, step: int) -> None:
+        self.started, self.step = time.perf_counter(), step
+
+    def done(self, position: int) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        elapsed = time.perf_counter() - self.started
+        left = self.total - position - 1
+        if left > 0:
+            self.emit(f"step {self.step} took {elapsed:.1f} s; the {left} remaining checkpoint(s) will take about "
+                      f"{elapsed * left:.0f} s.")
+
+
+def _print_costs(emit: Callable[[str], None], selected: Mapping[str, Any], resolved: Mapping[str, Mapping[str, Any]],
+                 model: nn.Module, train: Batches, n_checkpoints: int) -> None:
+    from landscape.params import parameter_count
+    from landscape.presets import describe_costs
+
+    n_params, n_samples = parameter_count(model), train.n_samples
+    costs = {}
+    for name, probe in selected.items():
+        estimate = getattr(probe, "cost", None)
+        costs[name] = estimate(dict(resolved[name]), n_params, n_samples) if callable(estimate) else None
+    for line in describe_costs(costs, n_params, n_samples, n_checkpoints):
+        emit(line)
 
 
 def _preflight(model: nn.Module, loss_fn: LossFn | str, train: Batches) -> None:

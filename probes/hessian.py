@@ -505,6 +505,20 @@ class HessianProbe:
         "seed": 0,
     }
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Full-data passes at one checkpoint: Lanczos (typically ~4k+20 products, at most its step cap),
+        the trace budget, SLQ's runs × steps, and the loss check's forward pass."""
+        p = {**self.defaults, **params}
+        k = int(p["k"])
+        cap = int(p["max_iter"]) if p["max_iter"] is not None else 20 * k + 200
+        eigen = min(n_params, cap, 4 * k + 20)
+        hvp = eigen + min(int(p["n_matvec"]), n_params)
+        if p["density"]:
+            hvp += int(p["n_runs"]) * int(p["n_steps"])
+        if p["lambda_min"]:
+            hvp += min(n_params, cap, 40)
+        return {"forward": 2.0, "hvp": float(hvp)}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         settings = {**self.defaults, **params}
         if isinstance(settings["params"], tuple):

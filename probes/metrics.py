@@ -52,6 +52,10 @@ class MetricsProbe:
     name = "metrics"
     defaults: ClassVar[dict[str, Any]] = {"gradient": True}
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """One forward pass over the train (and test) data, one gradient."""
+        return {"forward": 2.0, "gradient": 1.0 if {**self.defaults, **params}["gradient"] else 0.0}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         scalars: dict[str, float] = {}
         train = evaluate(ctx.model, ctx.loss_fn, ctx.train)

@@ -444,6 +444,20 @@ class SharpnessProbe:
         "stability": True,
     }
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Full-data passes at one checkpoint: each ascent (plain, adaptive, m-sharpness) ``steps`` gradients
+        and ``steps + 1`` losses, the average case ``2·n_samples`` losses, the flatness ascent ``steps``
+        gradients and products, the stability ratios (with a learning rate) a top eigenvalue and a trace."""
+        p = {**self.defaults, **params}
+        steps = int(p["steps"])
+        ascents = 1 + bool(p["adaptive"]) + (p["m"] is not None)
+        forward = 3 + ascents * (steps + 1) + 2 * int(p["n_samples"])
+        gradient = 1 + ascents * steps + steps + 1
+        hvp = steps
+        if p["stability"]:
+            hvp += min(n_params, 24) + min(n_params, 100)
+        return {"forward": float(forward), "gradient": float(gradient), "hvp": float(hvp)}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         p = {**self.defaults, **params}
         rho, steps = _positive("rho", p["rho"]), _count("steps", p["steps"])

@@ -40,6 +40,10 @@ class CollapseProbe:
     name = "collapse"
     defaults: ClassVar[dict[str, Any]] = {"layer": None, "layers": [], "max_classes": 100, "pooling": "auto"}
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Two forward passes over the train data (statistics, then nearest-class-mean counts), two over test."""
+        return {"forward": 4.0}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         p = {**self.defaults, **params}
         max_classes = p["max_classes"]

@@ -71,6 +71,13 @@ class GrokkingProbe:
         "nlm": True,
     }
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """A forward pass for the logits, one on the test data, a gradient for the NLM cosine, and two forward
+        passes on the feature subset at this and the previous checkpoint."""
+        p = {**self.defaults, **params}
+        share = min(1.0, int(p["feature_samples"]) / max(n_samples, 1))
+        return {"forward": 2.0 + 2 * share, "gradient": 1.0 if p["nlm"] else 0.0}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         dtype = _as_float_dtype(params["dtype"])
         _check_params(params)
