@@ -92,7 +92,7 @@ def _looks_like_single_pair(data: object) -> bool:
 
 def _looks_like_single_batch(data: object) -> bool:
     if isinstance(data, Mapping):
-        return bool(data) and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values())
+        return bool(data) and any(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values())
     return dataclasses.is_dataclass(data) and not isinstance(data, type)
 
 

@@ -26,14 +26,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "hessian": {"k": 1, "tol": 1e-2, "max_iter": 20, "n_matvec": 12, "density": False},
         "sharpness": {"steps": 2, "n_samples": 2, "adaptive": False, "stability": False},
-        "slices": {"steps": 7, "trajectory_steps": 7, "interpolation_steps": 9},
+        "slices": {"steps": 7, "trajectory_steps": 7, "interpolation_steps": 7},
         "grokking": {"feature_samples": 128},
     },
     "default": {},
     "thorough": {
         "hessian": {"k": 10, "tol": 1e-5, "n_matvec": 200, "n_runs": 16, "n_steps": 80, "lambda_min": True},
         "sharpness": {"steps": 20, "n_samples": 40},
-        "slices": {"steps": 41, "trajectory_steps": 31, "interpolation_steps": 51},
+        "slices": {"steps": 41, "trajectory_steps": 31, "interpolation_steps": 49},
     },
 }
 

@@ -144,8 +144,7 @@ def run_probes(
                     model = model_factory().to(device)
                     load_into(model, state, checkpoint.path)
                     _preflight(model, loss_fn, train_batches)
-                    if progress or log is not None:
-                        _print_costs(emit, selected, resolved, model, train_batches, len(ordered))
+                    _print_costs(emit, selected, resolved, model, train_batches, len(ordered))
                 else:
                     load_into(model, state, checkpoint.path)
             except CheckpointError as error:
