@@ -29,7 +29,7 @@ from landscape.callbacks.scalars import _float_dtype, _total_norm, logit_scalars
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, check_scalar_loss, evaluate
-from landscape.objective import as_objective, find_logits, find_model_loss
+from landscape.objective import Objective, as_objective, find_logits, find_model_loss
 from landscape.params import preserved
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class Monitor:
 
         if not isinstance(run, str) or not run:
             raise ValueError(f"run must be a non-empty string naming the run, got {run!r}.")
-        if loss_fn is not None and not callable(loss_fn) and loss_fn != "model":
+        if loss_fn is not None and not callable(loss_fn) and loss_fn != "model" and not isinstance(loss_fn, Objective):
             raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
         if not isinstance(subset_size, int) or subset_size < 1:
             raise ValueError(f"subset_size must be a positive integer, got {subset_size!r}.")

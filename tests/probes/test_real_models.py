@@ -16,8 +16,8 @@ from landscape.checkpoints import Checkpoint
 from landscape.data import as_batches
 from landscape.evaluate import evaluate
 from landscape.losses import causal_lm_cross_entropy
-from landscape.probe import ProbeContext
 from landscape.presets import apply_budget
+from landscape.probe import ProbeContext
 from probes import hessian, sharpness
 from tests.real_models import images, resnet18, tiny_bert, tiny_gpt2, tiny_vit, token_batches
 
