@@ -496,8 +496,8 @@ class LogitsOnly(nn.Module):
         self.model = model
         self.key = key
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        out = self.model(inputs)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             return out
         if isinstance(out, Mapping) and self.key in out:
