@@ -1,6 +1,9 @@
 """Find checkpoints in a folder, order them by training step, and load them safely.
 
-Formats: ``.pt``/``.pth``/``.bin`` (a state dict, or a dict holding one under ``state_dict``, ``model``,
+A folder is searched recursively: checkpoint files anywhere in it (Lightning's
+``lightning_logs/version_*/checkpoints/*.ckpt`` included) and Hugging Face model folders such as a
+``Trainer``'s ``checkpoint-N/`` (one checkpoint each; see :mod:`landscape.checkpoint_dirs`), whose
+``Checkpoint.path`` is the folder. File formats: ``.pt``/``.pth``/``.bin`` (a state dict, or a dict holding one under ``state_dict``, ``model``,
 ``model_state_dict`` or ``module``), Lightning ``.ckpt`` (``state_dict`` with ``model.`` prefixes), and
 ``.safetensors``. :func:`read_optimizer_state` finds the optimizer state saved with a checkpoint (Lightning's
 ``optimizer_states``, an ``optimizer`` entry, or a Hugging Face ``optimizer.pt`` beside the weights). Pickled files are read with ``torch.load(weights_only=True)``: tensors and plain
@@ -9,7 +12,6 @@ containers only, never arbitrary code. ``unsafe=True`` is the one, explicit, way
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from landscape import checkpoint_dirs as dirs
 
 SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
@@ -70,48 +74,93 @@ def _step_from_content(payload: object) -> int | None:
     return None
 
 
-def find_checkpoints(folder: Path | str, *, unsafe: bool = False) -> list[Checkpoint]:
-    """All checkpoint files in ``folder`` (not recursive), sorted by training step.
+def _step_of_file(path: Path, unsafe: bool = False) -> tuple[int | None, bool]:
+    """A file's step and whether it came from the name (a file such as ``model.safetensors`` inside
+    ``checkpoint-500/`` takes its folder's step)."""
+    step = step_from_name(path)
+    if step is not None:
+        return step, True
+    if path.name in dirs.WEIGHT_FILES:
+        step = dirs.step_of_folder(path.parent)
+        if step is not None:
+            return step, True
+    if path.suffix != ".safetensors":
+        return _step_from_content(_read(path, unsafe=unsafe)), False
+    return None, False
 
-    The step comes from the file name; failing that, from a ``global_step``/``step``/``epoch`` entry
-    stored inside (read safely unless ``unsafe``). Files with neither are an error naming them.
+
+def find_checkpoints(folder: Path | str, *, unsafe: bool = False) -> list[Checkpoint]:
+    """Every checkpoint in ``folder`` (searched recursively), sorted by training step.
+
+    The step comes from the file or folder name; failing that, from a ``global_step``/``step``/``epoch``
+    entry stored inside (read safely unless ``unsafe``) or a model folder's ``trainer_state.json``. A file
+    with neither is an error naming it. A file whose step came from its content and repeats the step of a
+    named one (Lightning's ``last.ckpt``) is left out; a model folder without a step beside checkpoints that
+    have one (a final copy in a Trainer's output folder) is too.
     """
     root = Path(folder)
     if not root.exists():
         raise CheckpointError(f"checkpoint folder {root} does not exist.")
     if root.is_file():
-        step = step_from_name(root)
+        step, _ = _step_of_file(root, unsafe)
         return [Checkpoint(step if step is not None else 0, root)]
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in SUFFIXES)
-    if not files:
-        raise CheckpointError(
-            f"checkpoint folder {root} holds no checkpoints (expected files ending in {', '.join(SUFFIXES)})."
-        )
-    found: list[Checkpoint] = []
+    try:
+        folders, files = dirs.scan(root, SUFFIXES)
+        found: list[tuple[Checkpoint, bool]] = []
+        unnamed: list[Path] = []
+        for path in folders:
+            step = dirs.step_of_folder(path)
+            if step is None:
+                unnamed.append(path)
+            else:
+                found.append((Checkpoint(step, path), True))
+    except dirs.FolderError as error:
+        raise CheckpointError(str(error)) from None
     for path in files:
-        step = step_from_name(path)
-        if step is None and path.suffix != ".safetensors":
-            step = _step_from_content(_read(path, unsafe=unsafe))
+        step, named = _step_of_file(path, unsafe)
         if step is None:
             raise CheckpointError(
                 f"cannot tell the training step of {path}: name it like step_500.pt or store a 'step' key inside."
             )
-        found.append(Checkpoint(step, path))
-    steps = [c.step for c in found]
+        found.append((Checkpoint(step, path), named))
+    if not found and len(unnamed) == 1:
+        found.append((Checkpoint(0, unnamed[0]), True))
+    elif not found and unnamed:
+        raise CheckpointError(f"cannot tell the training steps of the model folders {[str(p) for p in unnamed]}: "
+                              "name them like checkpoint-500 or give each a trainer_state.json with global_step.")
+    if not found:
+        raise CheckpointError(
+            f"checkpoint folder {root} holds no checkpoints (expected files ending in {', '.join(SUFFIXES)} or "
+            "Hugging Face checkpoint-N folders, searched recursively)."
+        )
+    by_name = {c.step for c, named in found if named}
+    kept = [c for c, named in found if named or c.step not in by_name]
+    steps = [c.step for c in kept]
     duplicates = sorted({s for s in steps if steps.count(s) > 1})
     if duplicates:
-        names = [c.path.name for c in found if c.step in duplicates]
+        names = [str(c.path.relative_to(root)) for c in kept if c.step in duplicates]
         raise CheckpointError(f"checkpoint folder {root} has several files for step(s) {duplicates}: {names}.")
-    return sorted(found)
+    return sorted(kept)
 
 
 def sha256(path: Path | str) -> str:
-    """Hex digest of a file's bytes (identifies a checkpoint in the store)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex digest of a checkpoint's bytes (identifies it in the store); a model folder's weight files."""
+    try:
+        return dirs.digest(Path(path))
+    except dirs.FolderError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def _read_folder(folder: Path, *, unsafe: bool, map_location: Any) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder's weight files (shards merged)."""
+    try:
+        files = dirs.shard_files(folder)
+    except dirs.FolderError as error:
+        raise CheckpointError(str(error)) from None
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(extract_state_dict(_read(file, unsafe=unsafe, map_location=map_location), file))
+    return state
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -147,6 +196,8 @@ def _unsafe_global(text: str) -> str | None:
 def _read(path: Path, *, unsafe: bool, map_location: Any = "cpu") -> object:
     if not path.exists():
         raise CheckpointError(f"checkpoint file {path} does not exist.")
+    if path.is_dir():
+        return _read_folder(path, unsafe=unsafe, map_location=map_location)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -212,10 +263,25 @@ def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[
     return state
 
 
+def _fill_tied(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the tensors a checkpoint leaves out because the model ties them to one it holds (safetensors
+    stores shared weights once, e.g. a language model's output layer tied to its embedding)."""
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for key, tensor in expected.items():
+        if tensor.numel():
+            groups.setdefault((tensor.untyped_storage().data_ptr(), tuple(tensor.shape)), []).append(key)
+    for keys in groups.values():
+        present = [k for k in keys if k in state]
+        if present and len(present) < len(keys):
+            for k in keys:
+                state.setdefault(k, state[present[0]])
+    return state
+
+
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path | str = "<checkpoint>") -> nn.Module:
     """Copy ``state`` into ``model`` strictly; every missing, unexpected or mis-shaped key is named."""
     expected = model.state_dict()
-    state = _strip_prefixes(dict(state), set(expected))
+    state = _fill_tied(_strip_prefixes(dict(state), set(expected)), expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
@@ -245,6 +311,10 @@ def read_state_dict(path: Path | str, *, map_location: Any = "cpu", unsafe: bool
 def read_metadata(path: Path | str, *, unsafe: bool = False) -> dict[str, Any]:
     """Scalar entries stored beside the weights (step, epoch, lr, ...), if the file has any."""
     path = Path(path)
+    if path.is_dir():
+        lr = dirs.lr_at(path)
+        step = dirs.step_of_folder(path)
+        return {k: v for k, v in (("learning_rate", lr), ("global_step", step)) if v is not None}
     if path.suffix == ".safetensors":
         return {}
     payload = _read(path, unsafe=unsafe)

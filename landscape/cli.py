@@ -88,9 +88,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                      checkpoints=args.checkpoints, store=args.store or "runs/landscape.sqlite")
     for attr, value in (("checkpoints", args.checkpoints), ("store", args.store), ("loss", args.loss),
                         ("run", args.run), ("device", args.device), ("max_samples", args.max_samples),
-                        ("batch_size", args.batch_size), ("lr", args.lr)):
+                        ("batch_size", args.batch_size), ("lr", args.lr), ("targets_key", args.targets_key),
+                        ("logits_key", args.logits_key), ("preset", args.preset)):
         if value is not None:
             setattr(config, attr, value)
+    if args.params is not None:
+        config.param_groups = [p.strip() for p in args.params.split(",") if p.strip()]
     if args.unsafe_pickle:
         config.unsafe_pickle = True
     if args.recompute and args.reuse:
@@ -99,19 +102,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _positive("--batch-size", config.batch_size)
     _positive("--lr", config.lr, float)
 
+    from landscape.objective import Objective
+    from landscape.presets import apply_budget
+
     # Everything that can fail on bad input runs before the store is opened: nothing is written then.
-    selected = _probe_params(names, config.probes)
+    selected = apply_budget(_probe_params(names, config.probes), config.preset, config.param_groups)
     checkpoints = find_checkpoints(config.checkpoints, unsafe=config.unsafe_pickle)
     build = factories.model_factory(config.model, config.model_kwargs)
     # Without --data (every selected probe data-free) there is nothing to load.
     train, test = factories.data_factory(config.data, config.data_kwargs) if config.data else (None, None)
     loss_fn = factories.loss_function(config.loss, config.loss_kwargs)
+    if config.logits_key is not None:
+        loss_fn = Objective(loss_fn, logits_key=config.logits_key)
     loss_target = factories.LOSS_SHORTHANDS.get(config.loss, config.loss)
     inputs = {"model": target_spec(config.model, config.model_kwargs), "loss": target_spec(loss_target, config.loss_kwargs),
               "data": target_spec(config.data, config.data_kwargs)}
     plan = prepare_run(model_factory=build, loss_fn=loss_fn, train=train, test=test, checkpoints=checkpoints,
                        probes=selected, device=config.device, max_samples=config.max_samples,
-                       batch_size=config.batch_size, seed=config.seed, inputs=inputs)
+                       batch_size=config.batch_size, seed=config.seed, inputs=inputs,
+                       targets_key=config.targets_key)
     run = config.run or Path(config.checkpoints).resolve().name
     print(f"analyzing {len(checkpoints)} checkpoint(s) of run {run!r} with probes {', '.join(selected)} "
           f"into {config.store}", file=sys.stderr)
@@ -451,10 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="run probes over the checkpoints of a run into a store")
     analyze.add_argument("--config", help="TOML run config (flags below override it)")
-    analyze.add_argument("--model", help="model factory, 'package.module:function' or 'file.py:function'")
+    analyze.add_argument("--model", help="model factory, 'package.module:function', 'file.py:function' or "
+                         "'hf:DIR' (a Hugging Face model from DIR's config.json)")
     analyze.add_argument("--data", help="data factory returning train, (train, test) or {'train', 'test'} "
                                         "(not needed when every probe is data-free, e.g. --probes weights)")
-    analyze.add_argument("--loss", help="loss: 'torch.nn:CrossEntropyLoss', a function, or cross_entropy/mse")
+    analyze.add_argument("--loss", help="loss: 'model' (the model's own outputs.loss), 'torch.nn:CrossEntropyLoss', "
+                         "a function, or cross_entropy/mse/causal_lm/token_cross_entropy")
+    analyze.add_argument("--targets-key", help="key of the targets in dict batches (default: labels)")
+    analyze.add_argument("--logits-key", help="entry of the model's outputs holding the logits (default: logits)")
+    analyze.add_argument("--preset", choices=["quick", "default", "thorough"],
+                         help="budget of every probe (explicit probe params win)")
+    analyze.add_argument("--params", help="comma-separated parameter-name prefixes the curvature probes use")
     analyze.add_argument("--checkpoints", help="checkpoint folder (or one file)")
     analyze.add_argument("--probes", help="comma-separated probe names (default: every registered probe)")
     analyze.add_argument("--store", help="store file (default runs/landscape.sqlite)")

@@ -1,13 +1,18 @@
 """The curvature of the mean loss as a linear operator (the kernels that read it: :mod:`landscape.krylov`).
 
-Definitions (θ: the selected trainable parameters as one flat vector; batches b = 1..B of n_b samples,
-N = Σ_b n_b; ``L_b`` the loss function's mean over batch b; z = model(x_b) the outputs):
+Definitions (θ: the selected trainable parameters as one flat vector; batches b = 1..B of weight n_b —
+samples, or the non-ignored tokens of a token-level loss (:mod:`landscape.objective`) —, N = Σ_b n_b;
+``L_b`` the batch's mean loss; z the logits of batch b):
 
-    L(θ) = Σ_b (n_b / N) · L_b(θ)                     sample-weighted mean loss (exact for unequal batches)
+    L(θ) = Σ_b (n_b / N) · L_b(θ)                     weighted mean loss (exact for unequal batches)
     H    = ∇²_θ L = Σ_b (n_b / N) · ∇²_θ L_b           the Hessian
     G    = Σ_b (n_b / N) · J_bᵀ (∇²_z L_b) J_b         the generalized Gauss–Newton matrix, J_b = ∂z/∂θ;
                                                        positive semi-definite when the loss is convex in z
                                                        (cross-entropy, MSE)
+
+Batches may have any structure and models any output structure (:mod:`landscape.batch`); the loss may be
+the model's own (``loss_fn="model"``). Every product runs attention on PyTorch's math kernel
+(:func:`landscape.autodiff.math_attention`), the one with a second derivative.
 
 :class:`CurvatureOperator` applies H or G to flat vectors (``matvec``) and to blocks of vectors
 (``matmat``: one pass over the data for the whole block). The model is run in **eval mode** for every
@@ -35,8 +40,15 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
+from landscape.autodiff import (
+    DoubleBackwardError,
+    explain_double_backward,
+    is_double_backward_error,
+    math_attention,
+)
+from landscape.batch import Batch
 from landscape.data import Batches, as_batches
-from landscape.evaluate import LossError, LossFn, check_scalar_loss
+from landscape.evaluate import LossError, LossFn, total_weight
 from landscape.krylov import (
     TRACE_METHODS,
     TRACE_MIN_MATVEC,
@@ -52,6 +64,7 @@ from landscape.krylov import (
     slq,
     xtrace,
 )
+from landscape.objective import Objective, as_objective
 from landscape.params import trainable_parameters
 
 __all__ = [
@@ -147,44 +160,53 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = mode
 
 
-def check_mean_loss(model: nn.Module, loss_fn: LossFn, data: Batches) -> float:
+def check_mean_loss(model: nn.Module, loss_fn: LossFn | str | Objective, data: Batches) -> float:
     """Check the loss on ``data`` is a finite scalar mean; return the full-data loss.
 
     Raises :class:`LossError` when ``loss_fn`` returns a non-scalar, or a value that is not the mean over
     the batch. A sum (``reduction="sum"``) is detected on the first batch with at least two samples: a
-    mean satisfies ``L(batch) = (h·L(first h) + (n-h)·L(rest)) / n`` exactly (up to rounding); a sum
-    gives about twice that. Raises :class:`NonFiniteLossError` when the loss is NaN or infinite.
-    Runs one forward pass over the data (plus two half-batch passes), in eval mode, without gradients.
+    mean satisfies ``L(batch) = (w₁·L(first half) + w₂·L(rest)) / (w₁ + w₂)`` exactly (up to rounding),
+    with w the halves' weights (samples or tokens); a sum gives about twice that. Raises
+    :class:`NonFiniteLossError` when the loss is NaN or infinite. Runs one forward pass over the data
+    (plus two half-batch passes), in eval mode, without gradients.
     """
-    total, n = 0.0, 0
+    objective = as_objective(loss_fn, model)
+    total, weights = 0.0, 0.0
     checked_mean = False
     with torch.no_grad(), eval_mode(model):
-        for x, y in data:
-            loss = check_scalar_loss(loss_fn(model(x), y))
-            value = float(loss)
-            size = int(x.shape[0])
+        for batch in data:
+            weight = objective.weight(batch)
+            if weight == 0:
+                continue
+            value = float(objective.batch_loss(model, batch))
             if not math.isfinite(value):
-                raise NonFiniteLossError(f"the loss is {value} on a batch of {size} samples; its curvature is undefined.")
-            if not checked_mean and size >= 2:
-                _check_is_mean(model, loss_fn, x, y, value)
-                checked_mean = True
-            total += value * size
-            n += size
-    return total / n
+                raise NonFiniteLossError(f"the loss is {value} on a batch of {batch.n_samples} samples; its curvature "
+                                         "is undefined.")
+            if not checked_mean and batch.n_samples >= 2:
+                checked_mean = _check_is_mean(model, objective, batch, value)
+            total += value * weight
+            weights += weight
+    if weights == 0:
+        total_weight(objective, data)  # raises: nothing to score
+    return total / weights
 
 
-def _check_is_mean(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, whole: float) -> None:
-    half = int(x.shape[0]) // 2
-    first = float(check_scalar_loss(loss_fn(model(x[:half]), y[:half])))
-    rest = float(check_scalar_loss(loss_fn(model(x[half:]), y[half:])))
-    weighted = (half * first + (x.shape[0] - half) * rest) / x.shape[0]
+def _check_is_mean(model: nn.Module, objective: Objective, batch: Batch, whole: float) -> bool:
+    half = batch.n_samples // 2
+    parts = [batch.rows(0, half), batch.rows(half, batch.n_samples)]
+    sizes = [objective.weight(p) for p in parts]
+    if min(sizes) == 0:
+        return False  # a half with nothing to score: try the next batch
+    first, rest = (float(objective.batch_loss(model, p)) for p in parts)
+    weighted = (sizes[0] * first + sizes[1] * rest) / (sizes[0] + sizes[1])
     # 1e-3 relative: far above float32 rounding of a batch mean, far below the factor ~2 of a sum.
     if abs(whole - weighted) > 1e-3 * max(abs(whole), abs(weighted)) + 1e-12:
         hint = " (it looks like a sum: use reduction='mean')" if abs(whole - (first + rest)) <= 1e-3 * abs(whole) else ""
         raise LossError(
             "loss_fn must return the mean loss over the batch: on a batch its value "
-            f"{whole:.6g} differs from the sample-weighted mean {weighted:.6g} of its values on the two halves{hint}."
+            f"{whole:.6g} differs from the weighted mean {weighted:.6g} of its values on the two halves{hint}."
         )
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,6 +271,7 @@ class CurvatureOperator:
         data = data if isinstance(data, Batches) else as_batches(data)
         self.model = model
         self.loss_fn = loss_fn
+        self.objective = as_objective(loss_fn, model)
         self.kind = kind
         self.backend = backend
         self.max_block = int(max_block)
@@ -264,7 +287,8 @@ class CurvatureOperator:
         self.cache_graph = len(self.data) == 1 if cache_graph is None else bool(cache_graph)
         self._graphs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._batched_ok = True
-        self.loss = check_mean_loss(model, loss_fn, self.data) if check_loss else float("nan")
+        self.loss = check_mean_loss(model, self.objective, self.data) if check_loss else float("nan")
+        self.total_weight = total_weight(self.objective, self.data)
 
     # -- shape and conversions ---------------------------------------------------------------------
 
@@ -339,22 +363,33 @@ class CurvatureOperator:
     def _apply(self, block: torch.Tensor) -> torch.Tensor:
         rows = block.T.contiguous()  # [k, n]: batched autograd/vmap take the batch dimension first
         total = torch.zeros_like(rows)
-        n = self.data.n_samples
-        with torch.enable_grad(), eval_mode(self.model):
-            for index, (x, y) in enumerate(self.data):
-                weight = x.shape[0] / n
-                if self.backend == "func":
-                    product = self._func_product(x, y, rows)
-                elif self.kind == "hessian":
-                    product = self._autograd_hessian(index, x, y, rows)
-                else:
-                    product = self._autograd_ggn(index, x, y, rows)
+        with torch.enable_grad(), eval_mode(self.model), math_attention():
+            for index, batch in enumerate(self.data):
+                weight = self.objective.weight(batch) / self.total_weight
+                if weight == 0:
+                    continue
+                try:
+                    if self.backend == "func":
+                        product = self._func_product(batch, rows)
+                    elif self.kind == "hessian":
+                        product = self._autograd_hessian(index, batch, rows)
+                    else:
+                        product = self._autograd_ggn(index, batch, rows)
+                except RuntimeError as error:
+                    if not is_double_backward_error(error):
+                        raise
+                    raise DoubleBackwardError(self._explain(batch, error)) from None
                 total.add_(product, alpha=weight)
         return total.T
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, outputs: torch.Tensor | None = None) -> torch.Tensor:
-        outputs = self.model(x) if outputs is None else outputs
-        return check_scalar_loss(self.loss_fn(outputs, y))
+    def _explain(self, batch: Batch, error: RuntimeError) -> str:
+        small = batch.rows(0, min(2, batch.n_samples))
+        return explain_double_backward(self.model, lambda: self.objective.batch_loss(self.model, small), error)
+
+    def _loss(self, batch: Batch, outputs: object | None = None) -> torch.Tensor:
+        if outputs is None:
+            return self.objective.batch_loss(self.model, batch)
+        return self.objective.loss(outputs, batch)
 
     def _flat_grads(self, outputs: torch.Tensor | Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
                     grad_outputs: torch.Tensor | Sequence[torch.Tensor] | None, *, create_graph: bool = False,
@@ -382,11 +417,11 @@ class CurvatureOperator:
         last = rows.shape[0] - 1
         return torch.stack([product(row, False, keep or i < last) for i, row in enumerate(rows)])
 
-    def _autograd_hessian(self, index: int, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _autograd_hessian(self, index: int, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         params = list(self.params.values())
         graph = self._graphs.get(index)
         if graph is None:
-            loss = self._loss(x, y)
+            loss = self._loss(batch)
             graph = (self._flat_grads(loss, params, None, create_graph=True),)
             if self.cache_graph:
                 self._graphs[index] = graph
@@ -398,14 +433,12 @@ class CurvatureOperator:
             rows,
         )
 
-    def _autograd_ggn(self, index: int, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _autograd_ggn(self, index: int, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         params = list(self.params.values())
         graph = self._graphs.get(index)
         if graph is None:
-            outputs = self.model(x)
-            if not isinstance(outputs, torch.Tensor):
-                raise TypeError("kind='ggn' needs a model whose output is one tensor.")
-            loss = self._loss(x, y, outputs)
+            outputs = self.objective.logits(self.objective.forward(self.model, batch))
+            loss = self.objective.loss_of_logits(outputs, batch)
             (loss_grad,) = torch.autograd.grad(loss, outputs, create_graph=True)
             probe = torch.zeros_like(outputs, requires_grad=True)
             # Jᵀu as a (linear) function of u; differentiating it w.r.t. u in direction v gives J v.
@@ -425,25 +458,30 @@ class CurvatureOperator:
 
         return self._columns(product, rows)
 
-    def _func_product(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _func_product(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         from torch.func import functional_call, grad, jvp, vjp, vmap
 
         base = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
         names, shapes = self.names, self.shapes
 
-        def outputs_at(flat: torch.Tensor) -> torch.Tensor:
+        objective = self.objective
+
+        def raw_outputs_at(flat: torch.Tensor) -> object:
             named, offset = {}, 0
             for name, shape in zip(names, shapes):
                 count = math.prod(shape)
                 named[name] = flat[offset : offset + count].view(shape)
                 offset += count
-            return functional_call(self.model, named, (x,))
+            return objective.forward(lambda *a, **k: functional_call(self.model, named, a, k), batch)
+
+        def outputs_at(flat: torch.Tensor) -> torch.Tensor:
+            return objective.logits(raw_outputs_at(flat))
 
         def loss_of_outputs(out: torch.Tensor) -> torch.Tensor:
-            return check_scalar_loss(self.loss_fn(out, y))
+            return objective.loss_of_logits(out, batch)
 
         if self.kind == "hessian":
-            gradient = grad(lambda flat: loss_of_outputs(outputs_at(flat)))
+            gradient = grad(lambda flat: objective.loss(raw_outputs_at(flat), batch))
 
             def product(v: torch.Tensor) -> torch.Tensor:
                 return jvp(gradient, (base,), (v,))[1]

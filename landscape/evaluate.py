@@ -1,43 +1,57 @@
-"""Sample-weighted mean loss and accuracy of a model over fixed batches."""
+"""Weighted mean loss, accuracy and perplexity of a model over fixed batches, and the full-data gradient.
+
+Every function takes ``loss_fn`` as a loss function, ``"model"`` (the model's own loss) or an
+:class:`~landscape.objective.Objective`; the full-data loss is the weighted mean
+``Σ_b w_b·L_b / Σ_b w_b`` with ``w_b`` the samples, or the non-ignored tokens, of batch b (see
+:mod:`landscape.objective`), so unequal batches give the value of one big batch.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from landscape.data import Batches
+from landscape.data import Batches, as_batches
+from landscape.objective import (
+    LossError,
+    LossFn,
+    Objective,
+    OutputError,
+    as_objective,
+    check_scalar_loss,
+)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class LossError(ValueError):
-    """The loss function does not return what the toolkit needs (a scalar mean)."""
+__all__ = [
+    "Evaluation",
+    "LossError",
+    "LossFn",
+    "OutputError",
+    "autocast_context",
+    "check_scalar_loss",
+    "correct_count",
+    "evaluate",
+    "gradient",
+    "total_weight",
+]
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Mean loss (sample-weighted over batches), accuracy (None for non-class targets), sample count."""
+    """Mean loss (weighted over batches), accuracy (None for non-class targets), sample count.
+
+    For token-level targets ``accuracy`` is the token accuracy, ``perplexity`` is ``exp(loss)`` and
+    ``n_tokens`` the number of scored tokens; both are None for sample-level targets.
+    """
 
     loss: float
     accuracy: float | None
     n_samples: int
-
-
-def check_scalar_loss(loss: torch.Tensor) -> torch.Tensor:
-    """Raise :class:`LossError` unless ``loss`` is a 0-dim tensor (a mean over the batch)."""
-    if not isinstance(loss, torch.Tensor):
-        raise LossError(f"loss_fn must return a tensor, got {type(loss).__name__}.")
-    if loss.dim() != 0:
-        raise LossError(
-            f"loss_fn must return a scalar (the mean over the batch), got a tensor of shape {tuple(loss.shape)}; "
-            "use reduction='mean'."
-        )
-    return loss
+    perplexity: float | None = None
+    n_tokens: int | None = None
 
 
 def _per_group_losses(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
@@ -95,50 +109,77 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> object:
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def _model_device(model: nn.Module) -> torch.device | None:
+    first = next(model.parameters(), None)
+    return None if first is None else first.device
+
+
+def total_weight(objective: Objective, data: Batches) -> float:
+    """``Σ_b w_b``: the number of terms the full-data mean runs over; an error when it is 0."""
+    total = sum(objective.weight(b) for b in data)
+    if total <= 0:
+        raise LossError("no batch has a target to score (every target equals ignore_index); the loss is undefined.")
+    return total
+
+
 def evaluate(
     model: nn.Module,
-    loss_fn: LossFn,
-    data: Batches,
+    loss_fn: LossFn | str | Objective,
+    data: object,
     *,
     autocast_dtype: torch.dtype | None = None,
 ) -> Evaluation:
-    """Mean loss and accuracy over ``data`` under ``torch.inference_mode()``.
-
-    The full-data loss is the sample-weighted mean of the per-batch mean losses, so unequal batch
-    sizes give the same value as one big batch.
-    """
-    total_loss = 0.0
-    total_correct = 0
+    """Mean loss and accuracy over ``data`` under ``torch.inference_mode()`` (batches of weight 0 skipped)."""
+    objective = as_objective(loss_fn, model)
+    data = data if isinstance(data, Batches) else as_batches(data, device=_model_device(model))
+    total_loss, weights = 0.0, 0.0
+    total_correct, counted = 0, 0
     has_accuracy = True
-    n = 0
     with torch.inference_mode(), autocast_context(data.device, autocast_dtype):
-        for x, y in data:
-            outputs = model(x)
-            loss = check_scalar_loss(loss_fn(outputs, y))
-            size = int(x.shape[0])
-            total_loss += float(loss) * size
-            correct = correct_count(outputs, y)
-            if correct is None:
-                has_accuracy = False
-            else:
-                total_correct += correct
-            n += size
-    return Evaluation(loss=total_loss / n, accuracy=total_correct / n if has_accuracy else None, n_samples=n)
+        for batch in data:
+            weight = objective.weight(batch)
+            if weight == 0:
+                continue
+            outputs = objective.forward(model, batch)
+            total_loss += float(objective.loss(outputs, batch)) * weight
+            weights += weight
+            if has_accuracy:
+                hits = objective.correct(outputs, batch)
+                if hits is None:
+                    has_accuracy = False
+                else:
+                    total_correct += int(hits[0])
+                    counted += hits[1]
+    if weights == 0:
+        raise LossError("no batch has a target to score (every target equals ignore_index); the loss is undefined.")
+    loss = total_loss / weights
+    token_level = objective.token_level(data.batches[0])
+    return Evaluation(
+        loss=loss,
+        accuracy=total_correct / counted if has_accuracy and counted else None,
+        n_samples=data.n_samples,
+        perplexity=(math.exp(loss) if loss < 700 else math.inf) if token_level and math.isfinite(loss) else None,
+        n_tokens=int(weights) if token_level else None,
+    )
 
 
-def gradient(model: nn.Module, loss_fn: LossFn, data: Batches) -> dict[str, torch.Tensor]:
-    """Full-data gradient of the sample-weighted mean loss w.r.t. the trainable parameters.
+def gradient(model: nn.Module, loss_fn: LossFn | str | Objective, data: object) -> dict[str, torch.Tensor]:
+    """Full-data gradient of the weighted mean loss w.r.t. the trainable parameters.
 
     Does not touch ``.grad``; returns detached tensors keyed by parameter name.
     """
+    objective = as_objective(loss_fn, model)
+    data = data if isinstance(data, Batches) else as_batches(data, device=_model_device(model))
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros_like(p) for name, p in params.items()}
-    n = data.n_samples
-    for x, y in data:
-        loss = check_scalar_loss(loss_fn(model(x), y))
+    weights = total_weight(objective, data)
+    for batch in data:
+        weight = objective.weight(batch)
+        if weight == 0:
+            continue
+        loss = objective.batch_loss(model, batch)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        weight = x.shape[0] / n
         for (name, _), g in zip(params.items(), grads):
             if g is not None:
-                total[name].add_(g, alpha=weight)
+                total[name].add_(g, alpha=weight / weights)
     return total

@@ -1,6 +1,10 @@
 """Resolve ``"package.module:attr"`` strings into a model factory, a data factory and a loss; read run configs.
 
-A target is ``module.path:attribute`` (dots after the colon walk attributes) or ``path/to/file.py:attribute``.
+A target is ``module.path:attribute`` (dots after the colon walk attributes) or ``path/to/file.py:attribute``;
+a model target may also be ``hf:DIR``: a Hugging Face model built from the ``config.json`` of a local
+folder (a ``checkpoint-N`` folder, or a Trainer's output folder holding them), by the class its
+``config.architectures`` names, with fresh weights (the checkpoints supply them); nothing is downloaded.
+The loss ``"model"`` is the model's own loss (``outputs.loss``; the labels are passed to the model).
 A run config is a TOML file::
 
     [run]
@@ -30,6 +34,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +47,8 @@ import torch
 from torch import nn
 
 LOSS_SHORTHANDS = {
+    "causal_lm": "landscape.losses:TokenCrossEntropy",
+    "token_cross_entropy": "landscape.losses:TokenCrossEntropy",
     "cross_entropy": "torch.nn:CrossEntropyLoss",
     "ce": "torch.nn:CrossEntropyLoss",
     "mse": "torch.nn:MSELoss",
@@ -109,8 +116,56 @@ def _callable(target: str, what: str) -> Callable[..., Any]:
     return obj
 
 
+def _config_folder(folder: Path, target: str) -> Path:
+    """The folder whose ``config.json`` describes the model: ``folder`` itself or its first checkpoint."""
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.is_dir():
+        from landscape.checkpoint_dirs import step_of_folder
+
+        candidates = [p.parent for p in folder.rglob("config.json")]
+        if candidates:
+            return min(candidates, key=lambda p: (step_of_folder(p) is None, step_of_folder(p) or 0, str(p)))
+    raise FactoryError(f"model {target!r}: {folder} holds no config.json; point hf: at a folder written by "
+                       "save_pretrained (a checkpoint-N folder or the Trainer's output_dir).")
+
+
+def hf_model_factory(folder: str | Path, kwargs: Mapping[str, Any] | None = None) -> Callable[[], nn.Module]:
+    """Build a Hugging Face model from a local folder's ``config.json`` (class from ``config.architectures``).
+
+    Runs with ``HF_HUB_OFFLINE=1``: the config is read from the folder, never fetched. ``kwargs`` go to
+    ``_from_config`` (e.g. ``attn_implementation``).
+    """
+    target = f"hf:{folder}"
+    where = _config_folder(Path(folder), target)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError:
+        raise FactoryError(f"model {target!r} needs Hugging Face transformers: pip install landscape[hf].") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(where), local_files_only=True)
+    except Exception as error:  # transformers raises many types for a bad config; one sentence each
+        raise FactoryError(f"model {target!r}: {where / 'config.json'} cannot be read ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}).") from None
+    names = list(getattr(config, "architectures", None) or [])
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise FactoryError(f"model {target!r}: {where / 'config.json'} names no model class transformers knows "
+                           f"(architectures: {names}); pass --model module:function instead.")
+    extra = dict(kwargs or {})
+
+    def build() -> nn.Module:
+        return cls._from_config(config, **extra).eval()
+
+    return build
+
+
 def model_factory(target: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[], nn.Module]:
-    """A zero-argument callable building a fresh model from ``target`` (a function or an nn.Module class)."""
+    """A zero-argument callable building a fresh model from ``target`` (a function or an nn.Module class,
+    or ``hf:DIR`` for a Hugging Face model described by a local ``config.json``)."""
+    if isinstance(target, str) and target.startswith("hf:"):
+        return hf_model_factory(target[3:], kwargs)
     factory = _callable(target, "model factory")
     kwargs = dict(kwargs or {})
 
@@ -181,13 +236,20 @@ def _binds_no_arguments(function: Callable[..., Any]) -> bool:
     return True
 
 
-def loss_function(target: str, kwargs: Mapping[str, Any] | None = None) -> Callable[..., torch.Tensor]:
+def loss_function(target: str, kwargs: Mapping[str, Any] | None = None) -> Callable[..., torch.Tensor] | str:
     """A loss ``fn(outputs, targets) -> mean scalar`` from a shorthand, a class (instantiated with ``kwargs``),
     a loss function, or a factory function returning a loss (called with ``kwargs``: a function that
-    takes no ``(outputs, targets)`` pair but can be called without arguments is such a factory)."""
+    takes no ``(outputs, targets)`` pair but can be called without arguments is such a factory);
+    ``"model"`` (the model's own loss) is returned as is."""
+    if target == "model":
+        if kwargs:
+            raise FactoryError(f"loss 'model' takes no kwargs, got {dict(kwargs)}.")
+        return "model"
+    kwargs = dict(kwargs or {})
+    if target == "causal_lm":
+        kwargs.setdefault("shift", True)
     target = LOSS_SHORTHANDS.get(target, target)
     obj = _callable(target, "loss")
-    kwargs = dict(kwargs or {})
     if inspect.isclass(obj):
         try:
             return obj(**kwargs)
@@ -226,6 +288,10 @@ class RunConfig:
     seed: int = 0
     lr: float | None = None
     unsafe_pickle: bool = False
+    targets_key: str | None = None
+    logits_key: str | None = None
+    preset: str | None = None
+    param_groups: list[str] | None = None
 
 
 def _table(config: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -278,4 +344,8 @@ def read_config(path: Path | str) -> RunConfig:
         seed=int(run.get("seed", 0)),
         lr=run.get("lr"),
         unsafe_pickle=bool(run.get("unsafe_pickle", False)),
+        targets_key=run.get("targets_key"),
+        logits_key=run.get("logits_key"),
+        preset=run.get("preset"),
+        param_groups=run.get("param_groups"),
     )

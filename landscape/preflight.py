@@ -12,8 +12,10 @@ import math
 import torch
 from torch import nn
 
+from landscape.batch import Batch
 from landscape.data import Batches, DataError
 from landscape.evaluate import LossError, LossFn, check_mean_reduction, check_scalar_loss
+from landscape.objective import Objective, as_objective, describe_outputs
 from landscape.params import preserved
 
 #: Samples of the first batch the preflight forward pass uses.
@@ -21,22 +23,10 @@ PREFLIGHT_SAMPLES = 8
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def first_samples(data: Batches, n: int = PREFLIGHT_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` samples of ``data`` (across batches when the first is smaller)."""
-    xs, ys, have = [], [], 0
-    for x, y in data:
-        take = min(n - have, int(x.shape[0]))
-        xs.append(x[:take])
-        ys.append(y[:take])
-        have += take
-        if have >= n:
-            break
-    if len(xs) == 1:
-        return xs[0], ys[0]
-    try:
-        return torch.cat(xs), torch.cat(ys)
-    except RuntimeError:  # batches of unequal trailing shapes: the first one alone
-        return xs[0], ys[0]
+def first_samples(data: Batches, n: int = PREFLIGHT_SAMPLES) -> Batch:
+    """The first ``n`` samples of ``data`` (of its first batch, which may hold fewer)."""
+    first = data.batches[0]
+    return first.rows(0, min(n, first.n_samples))
 
 
 def check_class_targets(width: int, data: Batches, name: str, ignore_index: int | None) -> None:
@@ -45,7 +35,8 @@ def check_class_targets(width: int, data: Batches, name: str, ignore_index: int 
     One min/max per batch over all samples: a label beyond the preflight samples is found here, before
     the run, instead of failing every probe at every checkpoint.
     """
-    for index, (_, y) in enumerate(data):
+    for index, batch in enumerate(data):
+        y = batch.targets
         if y.dtype not in _INTEGER or y.dim() != 1 or not y.numel():
             return
         kept = y if ignore_index is None else y[y != ignore_index]
@@ -60,37 +51,44 @@ def check_class_targets(width: int, data: Batches, name: str, ignore_index: int 
             )
 
 
-def preflight(model: nn.Module, loss_fn: LossFn, train: Batches, test: Batches | None = None) -> None:
+def preflight(model: nn.Module, loss_fn: LossFn | str | Objective, train: Batches, test: Batches | None = None) -> None:
     """Fail before any work when model, data and loss do not fit together.
 
-    On the first samples of the train (and test) data: the model runs on the inputs; the loss is a
-    scalar, finite with the model's weights, and a mean over the batch (:func:`check_mean_reduction`);
+    On the first samples of the train (and test) data: the model runs on the batch; logits are found in
+    its outputs (or, with the model's own loss, a loss); the loss is a scalar, finite with the model's
+    weights, and — for a loss function of the logits — a mean over the batch (:func:`check_mean_reduction`);
     integer class labels of all samples lie within the model's output width.
     """
+    objective = as_objective(loss_fn, model)
     with preserved(model), torch.no_grad():
         model.eval()
         for name, data in (("train data", train), ("test data", test)):
             if data is None:
                 continue
-            x, y = first_samples(data)
+            batch = first_samples(data)
             try:
-                outputs = model(x)
+                outputs = objective.forward(model, batch)
             except Exception as error:
-                raise DataError(f"the model cannot process the first {name} samples (inputs of shape "
-                                f"{tuple(x.shape)}, dtype {x.dtype}): {type(error).__name__}: {error}") from None
-            if not isinstance(outputs, torch.Tensor):
-                raise DataError(f"the model returns a {type(outputs).__name__} on the {name}, not a tensor of outputs.")
+                shape = tuple(batch.inputs.shape) if isinstance(batch.inputs, torch.Tensor) else None
+                where = f", inputs of shape {shape}" if shape else ""
+                raise DataError(f"the model cannot process the first {name} samples ({batch.describe()}{where}): "
+                                f"{type(error).__name__}: {error}") from None
             try:
-                loss = check_scalar_loss(loss_fn(outputs, y))
+                loss = check_scalar_loss(objective.loss(outputs, batch))
             except LossError:
                 raise
             except Exception as error:
-                raise LossError(f"the loss fails on the model's outputs {tuple(outputs.shape)} and the {name} targets "
-                                f"{tuple(y.shape)} (dtype {y.dtype}): {type(error).__name__}: {error}") from None
+                raise LossError(f"the loss fails on the model's outputs ({describe_outputs(outputs)}) and the {name} "
+                                f"targets {tuple(batch.targets.shape)} (dtype {batch.targets.dtype}): "
+                                f"{type(error).__name__}: {error}") from None
             value = float(loss)
             if not math.isfinite(value) and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                raise LossError(f"the loss is {value} on the first {int(x.shape[0])} {name} samples with finite "
+                raise LossError(f"the loss is {value} on the first {batch.n_samples} {name} samples with finite "
                                 "weights; check the data for NaN/Inf and the loss function.")
-            check_mean_reduction(loss_fn, outputs, y)
-            if outputs.dim() == 2 and outputs.shape[1] >= 2 and y.dim() == 1 and y.dtype in _INTEGER:
-                check_class_targets(int(outputs.shape[1]), data, name, getattr(loss_fn, "ignore_index", None))
+            if objective.uses_model_loss:
+                continue
+            logits = objective.logits(outputs)
+            check_mean_reduction(objective.loss_fn, logits, batch.targets)
+            y = batch.targets
+            if logits.dim() == 2 and logits.shape[1] >= 2 and y.dim() == 1 and y.dtype in _INTEGER:
+                check_class_targets(int(logits.shape[1]), data, name, getattr(objective.loss_fn, "ignore_index", None))

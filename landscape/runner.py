@@ -101,6 +101,7 @@ def prepare_run(
     batch_size: int | None = None,
     seed: int = 0,
     inputs: Mapping[str, Mapping[str, Any]] | None = None,
+    targets_key: str | None = None,
 ) -> RunPlan:
     """Check every input of a run and fingerprint it; nothing is written.
 
@@ -121,9 +122,10 @@ def prepare_run(
     model_inputs = given.get("model") or describe(model_factory)
     if uses_data:
         train_batches = as_batches(train, device=device, max_samples=max_samples, seed=seed, batch_size=batch_size,
-                                   name="train data")
+                                   name="train data", targets_key=targets_key)
         test_batches = None if test is None else as_batches(test, device=device, max_samples=max_samples, seed=seed,
-                                                            batch_size=batch_size, name="test data")
+                                                            batch_size=batch_size, name="test data",
+                                                            targets_key=targets_key)
         shared = run_inputs(train=train_batches, test=test_batches, loss=given.get("loss") or describe(loss_fn),
                             model=model_inputs, data_source=given.get("data"))
     else:  # every probe reads only the weights: the data are neither loaded nor checked
@@ -166,12 +168,13 @@ def run_probes(
     log: Callable[[str], None] | None = None,
     inputs: Mapping[str, Mapping[str, Any]] | None = None,
     lease_ttl: float = DEFAULT_TTL,
+    targets_key: str | None = None,
 ) -> RunReport:
     """Run every probe in ``probes`` (name → params) at every checkpoint, writing results to ``store``
     (:func:`prepare_run`, then :func:`execute_run`)."""
     plan = prepare_run(model_factory=model_factory, loss_fn=loss_fn, train=train, checkpoints=checkpoints,
                        probes=probes, test=test, device=device, max_samples=max_samples, batch_size=batch_size,
-                       seed=seed, inputs=inputs)
+                       seed=seed, inputs=inputs, targets_key=targets_key)
     return execute_run(plan, store=store, run=run, lr=lr, recompute=recompute, reuse=reuse, unsafe=unsafe,
                        progress=progress, log=log, lease_ttl=lease_ttl)
 
@@ -204,6 +207,8 @@ class _Execution:
         self.reasons: Counter[str] = Counter()
         self.deferred: list[tuple[Checkpoint, str, str]] = []
         self.bar = _progress_bar(len(plan.checkpoints) * len(plan.probes), progress)
+        self.timing = _Timing(emit, len(plan.checkpoints))
+        self.costs_shown = False
 
     def run(self) -> RunReport:
         self.store.add_run(self.run_name, {"lr": self.lr} if self.lr is not None else {})
@@ -279,10 +284,16 @@ class _Execution:
             self.store.add_run(self.run_name, {"lr": step_lr})
         wants_optimizer = any(getattr(plan.probes[n], "uses_optimizer_state", False) for n in mine)
         optimizer_state = self._optimizer_state(checkpoint) if wants_optimizer else None
+        if not self.costs_shown:
+            self.costs_shown = True
+            _print_costs(self.emit, {n: plan.probes[n] for n in mine}, plan.params, plan.model, plan.train,
+                         len(plan.checkpoints))
+        self.timing.start(step)
         for name in mine:
             self.bar.set_description(f"step {step} · {name}")
             self._run_one(name, checkpoint, digest, step_lr, optimizer_state)
             self.bar.update(1)
+        self.timing.done(plan.checkpoints.index(checkpoint))
 
     def _checkpoint_error(self, checkpoint: Checkpoint, names: list[str], message: str, release: bool) -> None:
         self.report.errors.append(message)
@@ -399,3 +410,51 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="result", dynamic_ncols=True, file=sys.stderr)
+
+
+class _Timing:
+    """Measures the first checkpoint that does work and prints how long the rest will take."""
+
+    def __init__(self, emit: Callable[[str], None], total: int) -> None:
+        self.emit, self.total, self.started, self.step, self.reported = emit, total, 0.0, 0, False
+
+    def start(self, step: int) -> None:
+        self.started, self.step = time.perf_counter(), step
+
+    def done(self, position: int) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        elapsed = time.perf_counter() - self.started
+        left = self.total - position - 1
+        if left > 0:
+            self.emit(f"step {self.step} took {elapsed:.1f} s; the {left} remaining checkpoint(s) will take about "
+                      f"{elapsed * left:.0f} s.")
+
+
+def _print_costs(emit: Callable[[str], None], selected: Mapping[str, Any], resolved: Mapping[str, Mapping[str, Any]],
+                 model: nn.Module, train: Batches, n_checkpoints: int) -> None:
+    from landscape.params import parameter_count
+    from landscape.presets import describe_costs
+
+    n_params, n_samples = parameter_count(model), train.n_samples
+    costs = {}
+    for name, probe in selected.items():
+        estimate = getattr(probe, "cost", None)
+        costs[name] = estimate(dict(resolved[name]), n_params, n_samples) if callable(estimate) else None
+    for line in describe_costs(costs, n_params, n_samples, n_checkpoints):
+        emit(line)
+
+
+def _print_costs(emit: Callable[[str], None], selected: Mapping[str, Any], resolved: Mapping[str, Mapping[str, Any]],
+                 model: nn.Module, train: Batches, n_checkpoints: int) -> None:
+    from landscape.params import parameter_count
+    from landscape.presets import describe_costs
+
+    n_params, n_samples = parameter_count(model), train.n_samples
+    costs = {}
+    for name, probe in selected.items():
+        estimate = getattr(probe, "cost", None)
+        costs[name] = estimate(dict(resolved[name]), n_params, n_samples) if callable(estimate) else None
+    for line in describe_costs(costs, n_params, n_samples, n_checkpoints):
+        emit(line)

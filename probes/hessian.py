@@ -150,16 +150,22 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _prepare(model: nn.Module, data: object, kind: str, backend: str) -> Batches:
+def _prepare(model: nn.Module, data: object, kind: str, backend: str, loss_fn: object = None) -> Batches:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "pyhessian" and not callable(loss_fn):
+        raise ValueError("backend='pyhessian' needs a loss function of (outputs, targets), not the model's own loss.")
     if backend == "pyhessian" and kind != "hessian":
         raise ValueError("backend='pyhessian' computes the Hessian only; use kind='hessian'.")
     if not trainable_parameters(model):
         raise ValueError("model has no trainable parameters (every parameter has requires_grad=False).")
-    return as_batches(data, device=_model_device(model))
+    batches = as_batches(data, device=_model_device(model))
+    if backend == "pyhessian" and batches.structure != "pair":
+        raise ValueError(f"backend='pyhessian' takes (inputs, targets) pairs only; these batches are "
+                         f"{batches.batches[0].describe()}s; use backend='landscape'.")
+    return batches
 
 
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -255,7 +261,7 @@ def eigenvalues(
     *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue, default
     100); its residuals are then measured with our operator (not counted in ``n_hvp``).
     """
-    batches = _prepare(model, data, kind, backend)
+    batches = _prepare(model, data, kind, backend, loss_fn)
     with preserved(model):
         if backend == "pyhessian":
             return _pyhessian_eigenvalues(model, loss_fn, batches, k, tol=tol, max_iter=max_iter,
@@ -285,7 +291,7 @@ def trace(
     errors are defined in :mod:`landscape.curvature` (Hutch++: of its Hutchinson part, given the sketch).
     ``backend="pyhessian"`` supports ``method="hutchinson"`` only and takes exactly ``n_matvec`` samples.
     """
-    batches = _prepare(model, data, kind, backend)
+    batches = _prepare(model, data, kind, backend, loss_fn)
     with preserved(model):
         if backend == "pyhessian":
             return _pyhessian_trace(model, loss_fn, batches, method=method, n_matvec=n_matvec, seed=seed,
@@ -313,7 +319,7 @@ def density(
     reorthogonalization) but diagonalizes the tridiagonal matrices with ``numpy.linalg.eigh``, since its
     own ``density()`` calls the removed ``torch.eig``.
     """
-    batches = _prepare(model, data, kind, backend)
+    batches = _prepare(model, data, kind, backend, loss_fn)
     with preserved(model):
         if backend == "pyhessian":
             return _pyhessian_density(model, loss_fn, batches, n_runs=n_runs, n_steps=n_steps, seed=seed,
@@ -361,9 +367,9 @@ def _pyhessian(model: nn.Module, loss_fn: LossFn, batches: Batches, params: Para
             torch.manual_seed(seed)
             cuda = device.type == "cuda"
             if len(batches) == 1:
-                engine = PyHessian(model, loss_fn, data=batches.batches[0], cuda=cuda)
+                engine = PyHessian(model, loss_fn, data=tuple(batches.batches[0]), cuda=cuda)
             else:
-                engine = PyHessian(model, loss_fn, dataloader=list(batches), cuda=cuda)
+                engine = PyHessian(model, loss_fn, dataloader=[tuple(b) for b in batches], cuda=cuda)
             loader_product = engine.dataloader_hv_product
 
             def counted_loader_product(v: Any) -> Any:
@@ -498,6 +504,20 @@ class HessianProbe:
         "params": None,
         "seed": 0,
     }
+
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Full-data passes at one checkpoint: Lanczos (typically ~4k+20 products, at most its step cap),
+        the trace budget, SLQ's runs × steps, and the loss check's forward pass."""
+        p = {**self.defaults, **params}
+        k = int(p["k"])
+        cap = int(p["max_iter"]) if p["max_iter"] is not None else 20 * k + 200
+        eigen = min(n_params, cap, 4 * k + 20)
+        hvp = eigen + min(int(p["n_matvec"]), n_params)
+        if p["density"]:
+            hvp += int(p["n_runs"]) * int(p["n_steps"])
+        if p["lambda_min"]:
+            hvp += min(n_params, cap, 40)
+        return {"forward": 2.0, "hvp": float(hvp)}
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         settings = {**self.defaults, **params}

@@ -11,7 +11,7 @@ weights ``θ`` (the trainable parameters, as one vector), with the model in eval
 * **one-step SAM estimate**: ``L(θ + ρ g/‖g‖) − L(θ)`` with ``g = ∇L(θ)`` (the ascent step SAM trains with).
   Near a minimum ``g`` is tiny and its direction is noise, so this says little; it is kept for comparison.
 * **m-sharpness** (SAM paper): the worst case of each batch's own loss over batches of ``m`` samples,
-  averaged (weighted by batch size).
+  averaged (weighted like the full-data mean: samples, or scored tokens).
 * **average case** (Keskar et al., Jiang et al. 2020): ``E[L(θ+ε)] − L(θ)``, ``ε ~ N(0, σ²I)``, or with a
   per-filter ``σ`` proportional to the filter's weight norm.
 * **first-order flatness** (GAM, Zhang et al. 2023): ``ρ · max_{‖ε‖₂ ≤ ρ} ‖∇L(θ+ε)‖₂``.
@@ -42,8 +42,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from landscape.autodiff import (
+    DoubleBackwardError,
+    explain_double_backward,
+    is_double_backward_error,
+    math_attention,
+)
+from landscape.batch import Batch
 from landscape.data import Batches, as_batches
-from landscape.evaluate import LossFn, check_scalar_loss, evaluate, gradient
+from landscape.evaluate import LossFn, evaluate, gradient, total_weight
+from landscape.objective import Objective, as_objective
 from landscape.params import Named, preserved, set_point, trainable_parameters
 from landscape.probe import ProbeContext, Result
 from probes.preconditioned import PreconditionedEigen, preconditioned_eigenvalues
@@ -153,23 +161,43 @@ class _Point:
         return gradient(self.model, self.loss_fn, self.data if data is None else data)
 
     def hvp(self, eps: Named | None, vector: Named) -> Named:
-        """Hessian of the full-data loss at θ+ε times ``vector`` (double backward, sample-weighted)."""
+        """Hessian of the full-data loss at θ+ε times ``vector`` (double backward, weighted like the loss).
+
+        Attention runs on the math kernel (the one with a second derivative); a model that still cannot be
+        differentiated twice gets one sentence naming the module.
+        """
         self.move(eps)
         params = trainable_parameters(self.model)
         names = list(params)
         total = {name: torch.zeros_like(p) for name, p in params.items()}
-        n = self.data.n_samples
-        for x, y in self.data:
-            loss = check_scalar_loss(self.loss_fn(self.model(x), y))
-            grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=True, allow_unused=True)
-            inner = sum((g * vector[k]).sum() for k, g in zip(names, grads) if g is not None and g.requires_grad)
-            if not isinstance(inner, torch.Tensor):
-                continue  # the loss is at most linear in the parameters: zero curvature on this batch
-            products = torch.autograd.grad(inner, [params[k] for k in names], allow_unused=True)
-            for k, hv in zip(names, products):
-                if hv is not None:
-                    total[k].add_(hv.detach(), alpha=x.shape[0] / n)
+        objective = as_objective(self.loss_fn, self.model)
+        weights = total_weight(objective, self.data)
+        with math_attention():
+            for batch in self.data:
+                weight = objective.weight(batch)
+                if weight == 0:
+                    continue
+                try:
+                    products = self._batch_hvp(objective, batch, params, names, vector)
+                except RuntimeError as error:
+                    if not is_double_backward_error(error):
+                        raise
+                    small = batch.rows(0, min(2, batch.n_samples))
+                    raise DoubleBackwardError(explain_double_backward(
+                        self.model, lambda small=small: objective.batch_loss(self.model, small), error)) from None
+                for k, hv in zip(names, products):
+                    if hv is not None:
+                        total[k].add_(hv.detach(), alpha=weight / weights)
         return total
+
+    def _batch_hvp(self, objective: Objective, batch: Batch, params: Named, names: list[str],
+                   vector: Named) -> tuple[torch.Tensor | None, ...]:
+        loss = objective.batch_loss(self.model, batch)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=True, allow_unused=True)
+        inner = sum((g * vector[k]).sum() for k, g in zip(names, grads) if g is not None and g.requires_grad)
+        if not isinstance(inner, torch.Tensor):
+            return (None,) * len(names)  # the loss is at most linear in the parameters: zero curvature here
+        return torch.autograd.grad(inner, [params[k] for k in names], allow_unused=True)
 
     def scale(self, eta: float) -> Named:
         """The ASAM element-wise scale ``t = |θ| + η``."""
@@ -284,11 +312,16 @@ def m_sharpness(model: nn.Module, loss_fn: LossFn, data: object, *, rho: float =
 
 def _m_sharpness(point: _Point, rho: float, m: int, steps: int, scale: Named | None,
                  generator: torch.Generator) -> float:
+    objective = as_objective(point.loss_fn, point.model)
+    pieces = point.data.rebatched(m)
+    weights = total_weight(objective, pieces)
     total = 0.0
-    n = point.data.n_samples
-    for batch in point.data.rebatched(m):
-        one = Batches((batch,))
-        total += _worst_case(point, rho, scale, steps, generator, one) * one.n_samples / n
+    for batch in pieces:
+        weight = objective.weight(batch)
+        if weight == 0:
+            continue
+        one = Batches((batch,), pieces.spec)
+        total += _worst_case(point, rho, scale, steps, generator, one) * weight / weights
     return total
 
 
@@ -423,6 +456,20 @@ class SharpnessProbe:
         "seed": 0,
         "stability": True,
     }
+
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Full-data passes at one checkpoint: each ascent (plain, adaptive, m-sharpness) ``steps`` gradients
+        and ``steps + 1`` losses, the average case ``2·n_samples`` losses, the flatness ascent ``steps``
+        gradients and products, the stability ratios (with a learning rate) a top eigenvalue and a trace."""
+        p = {**self.defaults, **params}
+        steps = int(p["steps"])
+        ascents = 1 + bool(p["adaptive"]) + (p["m"] is not None)
+        forward = 3 + ascents * (steps + 1) + 2 * int(p["n_samples"])
+        gradient = 1 + ascents * steps + steps + 1
+        hvp = steps
+        if p["stability"]:
+            hvp += min(n_params, 24) + min(n_params, 100)
+        return {"forward": float(forward), "gradient": float(gradient), "hvp": float(hvp)}
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         p = {**self.defaults, **params}

@@ -27,7 +27,7 @@ class MeanLossGuard:
         """Raise :class:`LossError` when the loss is not a mean (now or before); no-op once confirmed."""
         if self.error is not None:
             raise self.error
-        if self.confirmed or self.loss_fn is None:
+        if self.confirmed or not callable(self.loss_fn):
             return
         try:
             with torch.no_grad():
@@ -40,13 +40,14 @@ class MeanLossGuard:
         """:meth:`check` on the model's outputs for the first samples of ``data`` (eval mode, no grad)."""
         if self.error is not None:
             raise self.error
-        if self.confirmed or self.loss_fn is None:
+        if self.confirmed or not callable(self.loss_fn):
             return
+        from landscape.objective import find_logits
         from landscape.params import preserved
         from landscape.preflight import first_samples
 
-        x, y = first_samples(data)
+        batch = first_samples(data)
         with preserved(model), torch.no_grad():
             model.eval()
-            outputs = model(x)
-        self.check(outputs, y)
+            outputs = batch.feed(model)
+        self.check(find_logits(outputs), batch.targets)

@@ -31,6 +31,7 @@ from landscape.callbacks.sinks import SinkSet
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossError, LossFn, check_scalar_loss, evaluate
+from landscape.objective import Objective, as_objective, find_logits, find_model_loss
 from landscape.params import preserved
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class Monitor:
 
         if not isinstance(run, str) or not run:
             raise ValueError(f"run must be a non-empty string naming the run, got {run!r}.")
-        if loss_fn is not None and not callable(loss_fn):
+        if loss_fn is not None and not callable(loss_fn) and loss_fn != "model" and not isinstance(loss_fn, Objective):
             raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
         if not isinstance(subset_size, int) or subset_size < 1:
             raise ValueError(f"subset_size must be a positive integer, got {subset_size!r}.")
@@ -318,11 +319,14 @@ class Monitor:
             scalars["grad_norm"] = _total_norm(grads)
         scalars["weight_norm"] = _total_norm(params)
         if outputs is not None:
-            if loss is None and targets is not None and self.loss_fn is not None:
-                self._loss_guard.check(outputs, targets)
+            if loss is None:
+                loss = find_model_loss(outputs)
+            logits = find_logits(outputs)
+            if loss is None and targets is not None and callable(self.loss_fn):
+                self._loss_guard.check(logits.detach(), targets)
                 with rng_preserved(), torch.no_grad():
-                    loss = check_scalar_loss(self.loss_fn(outputs.detach(), targets))
-            scalars.update(logit_scalars(outputs, targets, self.sc_dtype))
+                    loss = check_scalar_loss(self.loss_fn(logits.detach(), targets))
+            scalars.update(logit_scalars(logits, targets, self.sc_dtype))
         elif self._data is not None:
             measured = self._forward_subset(model)
             if loss is None and "train_loss" in measured:
@@ -345,15 +349,26 @@ class Monitor:
     def _forward_subset(self, model: nn.Module) -> dict[str, float]:
         assert self._data is not None
         subset = self._on(self._data, _device_of(model), "subset", self.subset_size)
+        objective = as_objective(self.loss_fn if self.loss_fn is not None else _no_loss, model)
         with rng_preserved(), _eval_mode(model), torch.inference_mode():
-            pairs = [(model(x), y) for x, y in subset]
-            outputs = torch.cat([o for o, _ in pairs])
-            targets = torch.cat([y for _, y in pairs])
-            out = logit_scalars(outputs, targets, self.sc_dtype)
-            if self.loss_fn is not None:
-                self._loss_guard.check(pairs[0][0], pairs[0][1])
-                total = sum(float(check_scalar_loss(self.loss_fn(o, y))) * int(y.shape[0]) for o, y in pairs)
-                out["train_loss"] = total / int(targets.shape[0])
+            logits, targets, total, weights = [], [], 0.0, 0.0
+            for batch in subset:
+                outputs = batch.feed(model, with_targets=objective.uses_model_loss)
+                found = objective.logits(outputs)
+                view = objective.class_view(found, batch.targets)
+                logits.append(found.reshape(-1, found.shape[-1]) if view is None else view[0])
+                targets.append(batch.targets.reshape(-1) if view is None else view[1])
+                if callable(self.loss_fn) and not self._loss_guard.confirmed:
+                    self._loss_guard.check(found, batch.targets)
+                weight = objective.weight(batch)
+                if self.loss_fn is not None and weight:
+                    total += float(objective.loss(outputs, batch)) * weight
+                    weights += weight
+            flat = torch.cat(targets)
+            out = logit_scalars(torch.cat(logits), flat if flat.numel() == sum(len(x) for x in logits) else None,
+                                self.sc_dtype)
+            if weights:
+                out["train_loss"] = total / weights
         return out
 
     # -- registered probes -----------------------------------------------------------------------------------
@@ -492,6 +507,11 @@ class Monitor:
         self.close()
 
 
+def _no_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Stands in for a missing loss function: the monitor then measures logits only."""
+    return logits.new_zeros(())
+
+
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -515,8 +535,8 @@ class LogitsOnly(nn.Module):
         self.model = model
         self.key = key
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        out = self.model(inputs)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             return out
         if isinstance(out, Mapping) and self.key in out:

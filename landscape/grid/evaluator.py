@@ -1,7 +1,7 @@
 """Rows of grid points evaluated over fixed batches, and whole grids with resumable rows.
 
-An :class:`Evaluator` gives the sample-weighted mean loss ``Σ_b n_b·L_b / Σ_b n_b`` (and top-1 accuracy
-for class targets) at each point of a row, one point at a time (with the input-layer shortcut of
+An :class:`Evaluator` gives the weighted mean loss ``Σ_b n_b·L_b / Σ_b n_b`` (n_b: the samples, or scored
+tokens, of batch b; see :mod:`landscape.objective`) and top-1 accuracy for class targets at each point of a row, one point at a time (with the input-layer shortcut of
 :mod:`landscape.grid.factoring`) or many points per forward pass under ``torch.func.vmap``.
 :func:`evaluate_grid` runs it row by row over a grid, saving each finished row with a fingerprint of the
 grid and the plane so that a re-run recomputes only what is missing or stale.
@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.batch import Batch
 from landscape.data import Batches
-from landscape.evaluate import LossError, LossFn, autocast_context, check_scalar_loss
+from landscape.evaluate import LossError, LossFn, autocast_context
 from landscape.grid.checks import device_of
 from landscape.grid.factoring import FACTOR_BYTES, FACTOR_MIN_FAN_IN, InputLayers
 from landscape.grid.movers import Affine, Mover
+from landscape.objective import as_objective
 from landscape.params import Named, trainable_parameters
 from landscape.probe import PartialRows
 
@@ -32,13 +34,6 @@ VMAP_MAX_PARAMS = 5_000_000
 """Largest model (trainable parameters) that ``vectorize="auto"`` evaluates with vmap on CUDA."""
 VMAP_BYTES = 512 * 2**20
 """Memory budget for the stacked parameter copies of one vectorized pass (points × parameter bytes)."""
-
-
-def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-    """Correct top-1 predictions as a device tensor, or None when targets are not class indices."""
-    if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and outputs.dim() == targets.dim() + 1:
-        return (outputs.argmax(dim=-1) == targets).sum()
-    return None
 
 
 class Evaluator:
@@ -64,7 +59,15 @@ class Evaluator:
                                             or points_per_pass < 1):
             raise ValueError(f"points_per_pass must be a positive integer or None, got {points_per_pass!r}.")
         self.model, self.loss_fn = model, loss_fn
-        self.sets = [("", train)] + ([("test_", test)] if test is not None else [])
+        self.objective = as_objective(loss_fn, model)
+        self.sets = [(prefix, Batches(tuple(b for b in data if self.objective.weight(b) > 0), data.spec))
+                     for prefix, data in [("", train)] + ([("test_", test)] if test is not None else [])]
+        for prefix, data in self.sets:
+            if not len(data):
+                raise LossError(f"the {'test' if prefix else 'train'} data has no target to score "
+                                "(every target equals ignore_index).")
+        self.weights = {prefix: [self.objective.weight(b) for b in data] for prefix, data in self.sets}
+        self.counts: dict[str, list[int]] = {}
         self.device = device_of(model)
         self.autocast_dtype = autocast_dtype
         n_params = sum(p.numel() for p in trainable_parameters(model).values())
@@ -77,6 +80,7 @@ class Evaluator:
             self.vectorize, self.strict = bool(vectorize), True
         self._batched: Callable[..., Any] | None = None
         self._has_accuracy: list[bool] = []
+        self._vmap_counts: list[int] = []
         # Input-layer factoring changes rounding only; it is left out under autocast (other rounding).
         self.factor_input = factor_input if autocast_dtype is None else False
         self._factored: dict[int, InputLayers | None] = {}
@@ -105,22 +109,25 @@ class Evaluator:
                     mover.write(c, skip=layers.skipped)
                     layers.coords = c
                 for prefix, batches in self.sets:
-                    for index, (x, y) in enumerate(batches):
+                    counts: list[int] = []
+                    for index, batch in enumerate(batches):
                         if layers is not None:
                             layers.batch = (prefix, index)
-                        outputs = self.model(x)
-                        losses[prefix].append(check_scalar_loss(self.loss_fn(outputs, y)))
+                        outputs = self.objective.forward(self.model, batch)
+                        losses[prefix].append(self.objective.loss(outputs, batch))
                         counted = corrects[prefix]
                         if counted is not None:
-                            hits = _correct(outputs, y)
+                            hits = self.objective.correct(outputs, batch)
                             if hits is None:
                                 corrects[prefix] = None
                             else:
-                                counted.append(hits)
+                                counted.append(hits[0])
+                                counts.append(hits[1])
+                    self.counts[prefix] = counts
         sums: dict[str, torch.Tensor | None] = {}
         for prefix, batches in self.sets:
             shape = (len(coords), len(batches))
-            sizes = torch.tensor([float(x.shape[0]) for x, _ in batches], dtype=torch.float64, device=self.device)
+            sizes = torch.tensor(self.weights[prefix], dtype=torch.float64, device=self.device)
             sums[prefix + "loss"] = (torch.stack(losses[prefix]).detach().double().view(shape) * sizes).sum(1)
             counted = corrects[prefix]
             sums[prefix + "accuracy"] = None if counted is None else torch.stack(counted).view(shape).sum(1)
@@ -130,16 +137,22 @@ class Evaluator:
     def _make_batched(self) -> Callable[..., Any]:
         from torch.func import functional_call, vmap
 
-        model, loss_fn, flags = self.model, self.loss_fn, self._has_accuracy
+        model, objective, flags, counts = self.model, self.objective, self._has_accuracy, self._vmap_counts
 
-        def one_point(params: Named, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            outputs = functional_call(model, params, (x,))
-            loss = check_scalar_loss(loss_fn(outputs, y))
-            c = _correct(outputs, y)  # decided from dtypes and shapes while tracing: no host sync
-            flags.append(c is not None)
-            return loss, (c if c is not None else torch.zeros((), dtype=torch.int64, device=loss.device))
+        def one_point(params: Named, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            outputs = objective.forward(lambda *a, **k: functional_call(model, params, a, k), batch)
+            loss = objective.loss(outputs, batch)
+            hits = objective.correct(outputs, batch)  # decided from dtypes and shapes while tracing: no host sync
+            flags.append(hits is not None)
+            if hits is None:
+                return loss, torch.zeros((), dtype=torch.int64, device=loss.device)
+            counts.append(hits[1])
+            return loss, hits[0]
 
-        return vmap(one_point, in_dims=(0, None, None))
+        def batched(params: Named, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            return vmap(lambda p: one_point(p, batch), in_dims=(0,))(params)
+
+        return batched
 
     def _vectorized(self, mover: Mover,
                     coords: Sequence[Sequence[float]]) -> dict[str, torch.Tensor | None]:
@@ -152,11 +165,15 @@ class Evaluator:
             for prefix, batches in self.sets:
                 total = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
                 correct: torch.Tensor | None = torch.zeros(len(chunk), dtype=torch.int64, device=self.device)
-                for x, y in batches:
+                counts: list[int] = []
+                for batch, weight in zip(batches, self.weights[prefix]):
                     self._has_accuracy.clear()
-                    loss, c = self._batched(params, x, y)
-                    total += loss.detach().double() * int(x.shape[0])
+                    self._vmap_counts.clear()
+                    loss, c = self._batched(params, batch)
+                    total += loss.detach().double() * weight
+                    counts.extend(self._vmap_counts[:1])
                     correct = None if correct is None or not all(self._has_accuracy) else correct + c
+                self.counts[prefix] = counts
                 parts.setdefault(prefix + "loss", []).append(total)
                 parts.setdefault(prefix + "accuracy", []).append(correct)
         return {key: None if any(v is None for v in values) else torch.cat(values) for key, values in parts.items()}
@@ -182,14 +199,14 @@ class Evaluator:
             else:
                 sums = self._loop(mover, coords)
         out: dict[str, np.ndarray] = {}
-        for prefix, batches in self.sets:
-            n = batches.n_samples
+        for prefix, _ in self.sets:
             loss = sums[prefix + "loss"]
             assert loss is not None
-            out[prefix + "loss"] = loss.cpu().numpy() / n
+            out[prefix + "loss"] = loss.cpu().numpy() / sum(self.weights[prefix])
             acc = sums[prefix + "accuracy"]
-            if acc is not None:
-                out[prefix + "accuracy"] = acc.cpu().numpy().astype(np.float64) / n
+            counted = sum(self.counts.get(prefix, []))
+            if acc is not None and counted:
+                out[prefix + "accuracy"] = acc.cpu().numpy().astype(np.float64) / counted
         return out
 
 
@@ -210,7 +227,7 @@ def evaluate_grid(
     saved rows whose fingerprint (grid coordinates and plane identity) differs are recomputed.
     """
     rows_y = [None] if y is None else list(y)
-    sizes = [float(batches.n_samples) for _, batches in evaluator.sets] + [0.0] * (3 - len(evaluator.sets))
+    sizes = [float(sum(evaluator.weights[p])) for p, _ in evaluator.sets] + [0.0] * (3 - len(evaluator.sets))
     base_print = np.concatenate([[len(x), x[0], x[-1], len(rows_y)], sizes, mover.fingerprint()])
     done: dict[int, dict[str, np.ndarray]] = {}
     if partial is not None:

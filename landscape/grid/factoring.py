@@ -74,8 +74,8 @@ class InputLayers:
             bias = f"{prefix}.bias" if prefix else "bias"
             if weight in mover.origin and module.weight[0].numel() >= min_fan_in:
                 candidates[module] = (weight, bias)
-        if not candidates:
-            return None
+        if not candidates or any(batches.structure != "pair" for _, batches in sets):
+            return None  # only a single positional input can be the raw batch input of a layer
         self = cls(mover)
         calls: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -87,7 +87,8 @@ class InputLayers:
         total_samples = sum(b.n_samples for _, b in sets)
         eligible = set(candidates)
         for prefix, batches in sets:
-            for index, (x, _) in enumerate(batches):
+            for index, batch in enumerate(batches):
+                x = batch.inputs
                 calls.clear()
                 handles = [m.register_forward_hook(record) for m in eligible]
                 try:
@@ -140,8 +141,8 @@ class InputLayers:
 def _samples_so_far(sets: Sequence[tuple[str, Batches]], prefix: str, index: int) -> int:
     total = 0
     for name, batches in sets:
-        for i, (x, _) in enumerate(batches):
-            total += int(x.shape[0])
+        for i, batch in enumerate(batches):
+            total += batch.n_samples
             if name == prefix and i == index:
                 return total
     return total

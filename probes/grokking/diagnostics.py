@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landscape.batch import Batch
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossFn, gradient
+from landscape.features import is_decoder, pool_tokens
 from landscape.params import preserved, trainable_parameters
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -292,20 +294,27 @@ def _resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module
 
 
 def last_layer_features(model: nn.Module, data: Batches, layer: str | nn.Module | None = None) -> torch.Tensor | None:
-    """Inputs to ``layer`` (default: the model's last ``nn.Linear``) over ``data``, as [N, d] (None if absent)."""
+    """Inputs to ``layer`` (default: the model's last ``nn.Linear``) over ``data``, as [N, d] (None if absent);
+    token vectors ``[B, T, d]`` are pooled to one per sequence (``"auto"``, see :mod:`landscape.features`)."""
     module = _resolve_layer(model, layer)
     if module is None:
         return None
     captured: list[torch.Tensor] = []
+    decoder = is_decoder(model)
+    current: list[Batch] = []
 
     def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        captured.append(inputs[0].detach().reshape(inputs[0].shape[0], -1))
+        value = inputs[0].detach()
+        if value.dim() == 3:  # sequence models: one vector per sequence (landscape.features)
+            value = pool_tokens(value, current[-1], "auto", decoder=decoder)
+        captured.append(value.reshape(value.shape[0], -1))
 
     handle = module.register_forward_pre_hook(hook)
     try:
         with torch.inference_mode():
-            for x, _ in data:
-                model(x)
+            for batch in data:
+                current.append(batch)
+                batch.feed(model)
     finally:
         handle.remove()
     return torch.cat(captured) if captured else None

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from landscape.checkpoints import Checkpoint, load_into
 from landscape.data import Batches, as_batches
-from landscape.evaluate import check_scalar_loss, correct_count, evaluate
+from landscape.evaluate import evaluate
+from landscape.objective import as_objective
 from landscape.params import preserved, trainable_parameters
 from landscape.probe import ProbeContext, Result
 from probes.grokking.diagnostics import (
@@ -37,7 +38,7 @@ def _neighbours(checkpoints: list[Checkpoint], step: int) -> tuple[Checkpoint | 
 
 
 def _class_targets(data: Batches) -> bool:
-    return all(not y.is_floating_point() and y.dim() == 1 for _, y in data)
+    return all(not (b.targets.is_floating_point() or b.targets.is_complex()) for b in data)
 
 
 def _check_params(params: Mapping[str, Any]) -> None:
@@ -70,6 +71,13 @@ class GrokkingProbe:
         "nlm": True,
     }
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """A forward pass for the logits, one on the test data, a gradient for the NLM cosine, and two forward
+        passes on the feature subset at this and the previous checkpoint."""
+        p = {**self.defaults, **params}
+        share = min(1.0, int(p["feature_samples"]) / max(n_samples, 1))
+        return {"forward": 2.0 + 2 * share, "gradient": 1.0 if p["nlm"] else 0.0}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         dtype = _as_float_dtype(params["dtype"])
         _check_params(params)
@@ -77,17 +85,26 @@ class GrokkingProbe:
         if not _class_targets(ctx.train):
             return Result.invalid("the grokking probe needs class-index targets (1-D integer tensors).", params)
         counts = _CollapseCounts(dtype, float(params["near_margin"]))
-        total_loss, correct = 0.0, 0
+        objective = as_objective(ctx.loss_fn, model)
+        total_loss, weights, correct = 0.0, 0.0, 0
         with torch.inference_mode():
-            for x, y in ctx.train:
-                outputs = model(x)
-                if outputs.dim() != 2:
-                    return Result.invalid(f"the grokking probe needs [batch, classes] logits, got {tuple(outputs.shape)}.", params)
-                total_loss += float(check_scalar_loss(ctx.loss_fn(outputs, y))) * int(x.shape[0])
-                correct += correct_count(outputs, y) or 0
-                counts.add(outputs, _check_logits(outputs, y))
+            for batch in ctx.train:
+                outputs = objective.forward(model, batch)
+                logits = objective.logits(outputs)
+                view = objective.class_view(logits, batch.targets)
+                if view is None:
+                    return Result.invalid(f"the grokking probe needs class logits for the targets, got logits of shape "
+                                          f"{tuple(logits.shape)} for targets of shape {tuple(batch.targets.shape)}.",
+                                          params)
+                weight = objective.weight(batch)
+                if weight:
+                    total_loss += float(objective.loss(outputs, batch)) * weight
+                    weights += weight
+                flat_logits, flat = view
+                correct += int((flat_logits.argmax(dim=-1) == flat).sum())
+                counts.add(flat_logits, _check_logits(flat_logits, flat))
         n = counts.n
-        train_loss = total_loss / n
+        train_loss = total_loss / weights if weights else math.nan
         if not math.isfinite(train_loss):
             return Result.invalid(f"train loss is {train_loss} at step {ctx.step}", params)
         report = counts.report()
@@ -147,10 +164,11 @@ class GrokkingProbe:
         change = feature_change(now, before)
         if math.isfinite(change):
             out["feature_change"] = change
-        labels = torch.cat([y for _, y in subset]).to(now.device)
-        alignment = linear_cka(now, F.one_hot(labels, num_classes=int(labels.max()) + 1))
-        if math.isfinite(alignment):
-            out["feature_label_alignment"] = alignment
+        if all(b.targets.dim() == 1 for b in subset):  # one class per sample: labels align with the features
+            labels = torch.cat([b.targets for b in subset]).to(now.device)
+            alignment = linear_cka(now, F.one_hot(labels, num_classes=int(labels.max()) + 1))
+            if math.isfinite(alignment):
+                out["feature_label_alignment"] = alignment
         return out
 
 

@@ -92,6 +92,22 @@ class SlicesProbe:
         "interpolation_extend": 0.25,
     }
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Loss evaluations at every grid point (the plane, its centre line, the interpolation and, at the
+        last checkpoint, the trajectory plane) over the train data, as many over test data; Hessian axes add
+        Lanczos products."""
+        p = {**self.defaults, **params}
+        steps = p["steps"]
+        nx, ny = (steps, steps) if isinstance(steps, int) else tuple(steps)
+        forward = nx * ny + nx + 1
+        if p["interpolation"]:
+            forward += int(p["interpolation_steps"])
+        if p["trajectory"]:
+            t = p["trajectory_steps"]
+            forward += (t * t if isinstance(t, int) else t[0] * t[1]) / 2  # once per run, spread over checkpoints
+        hvp = 60.0 if p["directions"] == "hessian" else 0.0
+        return {"forward": float(forward), "hvp": hvp}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         if params["directions"] not in ("random", "hessian"):
             raise ValueError(f"directions must be 'random' or 'hessian', got {params['directions']!r}.")

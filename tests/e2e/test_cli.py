@@ -68,6 +68,8 @@ def _count(path, table="results"):
     db = sqlite3.connect(path)
     try:
         return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except sqlite3.OperationalError:  # the file exists but its tables are still being created
+        return 0
     finally:
         db.close()
 

@@ -51,3 +51,20 @@ def test_adaptive_dynamics_example(tmp_path):
                if line.strip().startswith(("straight", "trained")) and "(" not in line}
     stored = dict(zip(connectivity["key"], connectivity["value"]))
     assert abs(printed["trained"] - stored["curve_barrier"]) <= 5e-5
+
+
+def test_grokking_transformer_example(tmp_path):
+    script = ROOT / "examples" / "grokking_transformer.py"
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path / "gt")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    with Store(tmp_path / "gt" / "grokking.sqlite", readonly=True) as store:
+        for run in ("float32-ce", "weight-decay"):
+            frame = store.scalars(run=run, probe="grokking")
+            keys = set(frame["key"])
+            assert {"sc_fraction", "near_sc_fraction", "logit_gap_mean", "nlm_cosine", "feature_change"} <= keys
+            monitor = store.scalars(run=run, probe="monitor")
+            accuracy = monitor[monitor["key"] == "train_accuracy"].sort_values("step")["value"].to_numpy()
+            assert accuracy[-1] > accuracy[0]  # it learns
+    assert "lambda_max" in done.stdout

@@ -15,14 +15,14 @@ def test_single_pair_becomes_one_batch():
     x, y = _xy()
     b = as_batches((x, y))
     assert len(b) == 1 and b.n_samples == 10
-    assert torch.equal(b.batches[0][0], x)
+    assert torch.equal(b.batches[0].inputs, x)
 
 
 def test_numpy_pair_and_list_of_unequal_batches():
     x, y = _xy()
     b = as_batches([(x[:7].numpy(), y[:7].numpy()), (x[7:], y[7:])])
     assert [len(t) for t, _ in b] == [7, 3]
-    assert torch.equal(b.merged()[0], x)
+    assert torch.equal(b.merged().inputs, x)
 
 
 def test_dataloader_is_materialized_once_and_reiterable():
@@ -35,13 +35,13 @@ def test_dataloader_is_materialized_once_and_reiterable():
 
 def test_max_samples_is_a_fixed_seeded_subset_independent_of_batching():
     x, y = _xy(50)
-    one = as_batches((x, y), max_samples=12, seed=3).merged()
-    split = as_batches([(x[:20], y[:20]), (x[20:], y[20:])], max_samples=12, seed=3).merged()
-    again = as_batches((x, y), max_samples=12, seed=3).merged()
-    assert one[0].shape == (12, 3)
-    assert torch.equal(one[0], split[0]) and torch.equal(one[0], again[0])
-    other = as_batches((x, y), max_samples=12, seed=4).merged()
-    assert not torch.equal(one[0], other[0])
+    one = as_batches((x, y), max_samples=12, seed=3).merged().inputs
+    split = as_batches([(x[:20], y[:20]), (x[20:], y[20:])], max_samples=12, seed=3).merged().inputs
+    again = as_batches((x, y), max_samples=12, seed=3).merged().inputs
+    assert one.shape == (12, 3)
+    assert torch.equal(one, split) and torch.equal(one, again)
+    other = as_batches((x, y), max_samples=12, seed=4).merged().inputs
+    assert not torch.equal(one, other)
 
 
 def test_max_samples_above_total_keeps_everything():
@@ -53,7 +53,7 @@ def test_rebatched_keeps_order():
     x, y = _xy(10)
     b = as_batches((x, y), batch_size=4)
     assert [len(t) for t, _ in b] == [4, 4, 2]
-    assert torch.equal(b.merged()[1], y)
+    assert torch.equal(b.merged().targets, y)
 
 
 def test_device_placement_cpu():
@@ -90,4 +90,4 @@ def test_dict_batches_accepted():
     x, y = _xy(4)
     b = as_batches([{"inputs": x, "targets": y}])
     assert b.n_samples == 4
-    assert np.array_equal(b.merged()[1].numpy(), y.numpy())
+    assert np.array_equal(b.merged().targets.numpy(), y.numpy())

@@ -90,3 +90,32 @@ def test_bad_config(tmp_path, text, fragment):
     assert fragment in str(info.value) and "run.toml" in str(info.value)
     with pytest.raises(FactoryError, match="does not exist"):
         read_config(tmp_path / "nope.toml")
+
+
+def test_hf_model_from_a_local_config_folder(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from tests.real_models import tiny_bert
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    model = tiny_bert()
+    model.save_pretrained(tmp_path / "out" / "checkpoint-3")
+    build = factories.model_factory(f"hf:{tmp_path / 'out'}")  # the output folder: its checkpoint's config
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    fresh = build()
+    assert type(fresh).__name__ == "BertForSequenceClassification" and not fresh.training
+    assert set(fresh.state_dict()) == set(model.state_dict())
+    with pytest.raises(factories.FactoryError, match="holds no config.json"):
+        factories.model_factory(f"hf:{tmp_path / 'nothing'}")
+
+
+def test_loss_shorthands_for_real_models():
+    from landscape.losses import TokenCrossEntropy
+
+    assert factories.loss_function("model") == "model"
+    causal = factories.loss_function("causal_lm")
+    assert isinstance(causal, TokenCrossEntropy) and causal.shift
+    assert not factories.loss_function("token_cross_entropy").shift
+    with pytest.raises(factories.FactoryError, match="takes no kwargs"):
+        factories.loss_function("model", {"a": 1})
