@@ -23,6 +23,16 @@ point, so no spurious copies of converged Ritz values appear; a block of b vecto
 eigenvalue of multiplicity up to b. When the basis reaches its cap it is thick-restarted on the best
 Ritz vectors (T becomes diagonal on them).
 
+Cost. Per step: one ``matmat`` of the newest block, the known couplings (the previous block, or the
+kept Ritz vectors just after a restart) and the block's own projection subtracted locally, then one
+pass of classical Gram–Schmidt against the whole basis whose coefficients also complete that column of
+T (a second pass only when the first removed more than 1/√2 of the norm, the Daniel–Gragg–Kaufman–
+Stewart criterion). The basis is one preallocated [n, cap] tensor and T one preallocated float64
+matrix, so nothing grows or is copied per step. Convergence is checked on T — a dense symmetric solve of
+at most ``cap`` rows on one BLAS thread — once the basis holds k vectors and then every
+``max(1, m // 16b)`` steps for a basis of m vectors (at most ~6% extra products past the step where
+the residuals first met ``tol``), and always before a restart and at the last step.
+
 References: C. Lanczos (1950), J. Res. Nat. Bur. Standards 45; G. H. Golub & R. Underwood (1977), "The
 block Lanczos method for computing eigenvalues", Mathematical Software III; K. Wu & H. Simon (2000),
 "Thick-restart Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22;
@@ -37,8 +47,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.krylov._linalg import _eps, _gaussian, _generator, _orthogonalize, _to_numpy
+from landscape.krylov._linalg import (
+    _eps,
+    _gaussian,
+    _generator,
+    _orthogonalize,
+    _to_numpy,
+    single_threaded,
+    symmetric_eigh,
+)
 from landscape.krylov.operators import Operator
+
+# Classical Gram–Schmidt is repeated when a pass leaves less than this share of the norm ("twice is enough").
+_REORTHOGONALIZE_BELOW = 1 / math.sqrt(2)
 
 
 @dataclass(frozen=True)
@@ -72,15 +93,16 @@ def lanczos(
     """The k largest (``which="LA"``) or smallest (``"SA"``) eigenvalues of a symmetric operator.
 
     Block Lanczos (``block_size`` vectors per step, one ``matmat`` each) with full reorthogonalization:
-    the basis Q is kept orthonormal and T = QᵀHQ is formed explicitly from the products, so the Ritz
-    values are exact Rayleigh–Ritz values of the current subspace. The residual of a Ritz pair
-    (θ, Qy) is ``‖B y_last‖``, where B couples the last block to the next (Lanczos relation). Stops when
-    every wanted residual is ``≤ tol · max(|θ|, 1e-3 · max|θ_all|)`` (relative accuracy, not demanding
-    below-noise accuracy for eigenvalues 1000× smaller than the spectral radius), when the basis spans
-    the whole space (exact), or after ``max_iter`` steps. When the basis reaches ``max_basis`` vectors it
-    is thick-restarted on the best Ritz vectors. A breakdown (invariant subspace found) continues from
-    fresh random directions. Single-vector Lanczos (``block_size=1``) finds one copy of a repeated
-    eigenvalue per restart; use a block at least as large as the expected multiplicity.
+    the basis Q is kept orthonormal and T = QᵀHQ is completed from the reorthogonalization
+    coefficients, so the Ritz values are exact Rayleigh–Ritz values of the current subspace. The
+    residual of a Ritz pair (θ, Qy) is ``‖B y_last‖``, where B couples the last block to the next
+    (Lanczos relation). Stops when every wanted residual is ``≤ tol · max(|θ|, 1e-3 · max|θ_all|)``
+    (relative accuracy, not demanding below-noise accuracy for eigenvalues 1000× smaller than the
+    spectral radius), when the basis spans the whole space (exact), or after ``max_iter`` steps. When
+    the basis reaches ``max_basis`` vectors it is thick-restarted on the best Ritz vectors. A breakdown
+    (invariant subspace found) continues from fresh random directions. Single-vector Lanczos
+    (``block_size=1``) finds one copy of a repeated eigenvalue per restart; use a block at least as
+    large as the expected multiplicity.
     """
     n = op.size
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
@@ -97,45 +119,138 @@ def lanczos(
     if steps_cap < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter}.")
     generator = _generator(seed)
-    block, _ = torch.linalg.qr(_gaussian(op, b, generator))
-    basis = block.new_zeros(n, 0)
-    projected = np.zeros((0, 0))
-    n_matvec = steps = 0
+    krylov = _Krylov(op, basis_cap)
+    first, _ = torch.linalg.qr(_gaussian(op, b, generator))
+    krylov.place(first, None)
+    steps = n_matvec = last_check = 0
     while True:
-        image = op.matmat(block)
         steps += 1
-        n_matvec += block.shape[1]
-        cross = _to_numpy(basis.T @ image)
-        diag = _to_numpy(block.T @ image)
-        projected = np.block([[projected, cross], [cross.T, (diag + diag.T) / 2]])
-        basis = torch.cat([basis, block], dim=1)
-        image = _orthogonalize(image, basis)
-        theta, ritz = np.linalg.eigh(projected)
-        scale = float(np.max(np.abs(theta))) if theta.size else 0.0
-        nxt, coupling = _next_block(image, basis, b, scale, op, generator)
-        order = np.argsort(-theta if which == "LA" else theta, kind="stable")
-        wanted = order[: min(k, len(theta))]
-        last = ritz[-block.shape[1] :, wanted]
-        residuals = np.linalg.norm(coupling @ last, axis=0) if coupling.size else np.zeros(len(wanted))
-        floor = 1e-3 * scale
-        done = basis.shape[1] >= k and bool(np.all(residuals <= tol * np.maximum(np.abs(theta[wanted]), floor)))
-        exhausted = basis.shape[1] >= n or nxt.shape[1] == 0
-        if done or exhausted or steps >= steps_cap:
-            converged = done or exhausted
-            break
-        if basis.shape[1] + nxt.shape[1] > basis_cap:
-            keep_count = min(max(k, (basis_cap + k) // 2), basis_cap - nxt.shape[1], basis.shape[1])
-            keep = order[:keep_count]
-            basis = basis @ torch.from_numpy(ritz[:, keep]).to(basis)
-            projected = np.diag(theta[keep])
-        block = nxt
+        n_matvec += krylov.width
+        residual = krylov.extend()
+        size = krylov.size
+        nxt, coupling = _next_block(residual, krylov.basis(), b, krylov.scale, op, generator)
+        exhausted = size >= n or nxt.shape[1] == 0
+        restart = size + nxt.shape[1] > basis_cap
+        due = size >= k and (restart or steps - last_check >= max(1, size // (16 * b)))
+        if due or exhausted or steps >= steps_cap:
+            last_check = steps
+            theta, ritz = krylov.ritz()
+            order = np.argsort(-theta if which == "LA" else theta, kind="stable")
+            wanted = order[: min(k, len(theta))]
+            last = ritz[size - krylov.width :, wanted]
+            residuals = np.linalg.norm(coupling @ last, axis=0) if coupling.size else np.zeros(len(wanted))
+            krylov.scale = max(krylov.scale, float(np.max(np.abs(theta))))
+            floor = 1e-3 * float(np.max(np.abs(theta)))
+            done = size >= k and bool(np.all(residuals <= tol * np.maximum(np.abs(theta[wanted]), floor)))
+            if done or exhausted or steps >= steps_cap:
+                converged = done or exhausted
+                break
+            if restart:
+                keep = order[: min(max(k, (basis_cap + k) // 2), basis_cap - nxt.shape[1], size)]
+                width = krylov.width
+                krylov.restart(theta, ritz, keep)
+                # H (Q y_j) = θ_j Q y_j + X B y_j,last: the new block couples to kept vector j by B y_j,last
+                krylov.place(nxt, coupling @ ritz[size - width :, keep])
+                continue
+        krylov.place(nxt, coupling)
     vectors = None
     if return_vectors:
-        vectors = basis @ torch.from_numpy(ritz[:, wanted]).to(basis)
+        vectors = krylov.vectors(ritz[:, wanted])
     return LanczosResult(
         values=theta[wanted].copy(), vectors=vectors, residuals=residuals, n_matvec=n_matvec, n_steps=steps,
         converged=converged,
     )
+
+
+class _Krylov:
+    """The preallocated basis and the projected matrix T = QᵀHQ = proj[:size, :size].
+
+    The basis vectors are the rows of ``rows`` (each one contiguous in memory, so the projections are
+    matrix–vector products on contiguous rows); Q = rows[:size]ᵀ. The newest block occupies rows
+    [start, size); T's entries coupling it to rows [coupled, start) are known before it is multiplied
+    (they were set when the block was placed: the coupling B of the Lanczos relation, or after a
+    restart the couplings to the kept Ritz vectors).
+    """
+
+    def __init__(self, op: Operator, cap: int) -> None:
+        self.op = op
+        self.rows = torch.empty(cap, op.size, dtype=op.dtype, device=op.device)
+        self.proj = np.zeros((cap, cap))
+        self.start = self.size = self.coupled = 0
+        self.width = 0
+        self.scale = 0.0
+
+    def basis(self) -> torch.Tensor:
+        """Q as an [n, size] view."""
+        return self.rows[: self.size].T
+
+    def place(self, block: torch.Tensor, coupling: np.ndarray | None) -> None:
+        """Append an orthonormal [n, w] block; ``coupling[i, j]`` = its column i against column j of the
+        newest block (or, after :meth:`restart`, against kept Ritz vector j)."""
+        width = block.shape[1]
+        at = self.size
+        self.rows[at : at + width] = block.T
+        if coupling is not None:
+            lo = at - coupling.shape[1]
+            self.proj[at : at + width, lo:at] = coupling
+            self.proj[lo:at, at : at + width] = coupling.T
+            self.coupled = lo
+        self.start, self.size = at, at + width
+        self.width = width
+
+    def extend(self) -> torch.Tensor:
+        """Multiply the newest block and orthogonalize the image against the basis; returns the residual
+        (the part of H·block outside span Q, as [n, w]) and completes T's rows and columns of the block."""
+        start, size, lo = self.start, self.size, self.coupled
+        block = self.rows[start:size]  # [w, n]
+        image = self.op.matmat(block.T).T.to(self.rows.dtype)  # [w, n]: the products, one per row
+        # the block's own projection (q_j · H q_i), then the known couplings and it removed in one update
+        own = _to_numpy(block @ image.T)
+        local = self.proj[lo:size, start:size].copy()
+        local[start - lo :] = own
+        image = torch.addmm(image, _tensor(local.T, image), self.rows[lo:size], alpha=-1)
+        self.scale = max(self.scale, float(np.abs(local).max()))
+        column = np.zeros((size, size - start))
+        column[start:] = own
+        basis = self.rows[:size]
+        before = _to_numpy((image * image).sum(dim=1))
+        for _ in range(2):  # classical Gram–Schmidt, repeated when a pass cancels most of the norm
+            coefficients = basis @ image.T  # [size, w]
+            image = torch.addmm(image, coefficients.T, basis, alpha=-1)
+            removed = _to_numpy(coefficients)
+            column += removed
+            # Pythagoras: what is left has norm² = before − ‖coefficients‖² (Q orthonormal)
+            after = before - np.sum(removed * removed, axis=0)
+            if np.all(after >= _REORTHOGONALIZE_BELOW**2 * before):
+                break
+            before = _to_numpy((image * image).sum(dim=1))
+        known = self.proj[:size, start:size]
+        known += column
+        diag = known[start:]
+        known[start:] = (diag + diag.T) / 2
+        self.proj[start:size, :size] = known.T
+        return image.T
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenpairs of T (ascending), from a dense solve on one BLAS thread."""
+        return symmetric_eigh(self.proj[: self.size, : self.size])
+
+    def vectors(self, ritz: np.ndarray) -> torch.Tensor:
+        """Q · ritz as [n, columns]."""
+        return (_tensor(ritz.T, self.rows) @ self.rows[: self.size]).T
+
+    def restart(self, theta: np.ndarray, ritz: np.ndarray, keep: np.ndarray) -> None:
+        """Thick restart: the basis becomes the kept Ritz vectors and T their diagonal of Ritz values."""
+        count = len(keep)
+        self.rows[:count] = _tensor(ritz[:, keep].T, self.rows) @ self.rows[: self.size]
+        self.proj[: self.size, : self.size] = 0.0
+        self.proj[np.arange(count), np.arange(count)] = theta[keep]
+        self.start = self.coupled = 0
+        self.size = count
+
+
+def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(like.device, like.dtype)
 
 
 def _next_block(residual: torch.Tensor, basis: torch.Tensor, b: int, scale: float, op: Operator,
@@ -149,12 +264,19 @@ def _next_block(residual: torch.Tensor, basis: torch.Tensor, b: int, scale: floa
     width = residual.shape[1]
     if room <= 0:
         return basis.new_zeros(op.size, 0), np.zeros((0, width))
-    q, r = torch.linalg.qr(residual)
-    u, s, vh = np.linalg.svd(_to_numpy(r))
     threshold = 100 * _eps(op.dtype) * max(scale, 1e-30)
-    rank = min(int(np.sum(s > threshold)), room)
-    block = q @ torch.from_numpy(u[:, :rank]).to(q)
-    coupling = s[:rank, None] * vh[:rank]
+    if width == 1:  # single-vector Lanczos: the QR and SVD below reduce to a norm
+        beta = float(residual.norm())
+        rank = int(beta > threshold)
+        block = residual[:, :rank] / (beta if rank else 1.0)
+        coupling = np.full((rank, 1), beta)
+    else:
+        q, r = torch.linalg.qr(residual)
+        with single_threaded():
+            u, s, vh = np.linalg.svd(_to_numpy(r))
+        rank = min(int(np.sum(s > threshold)), room)
+        block = q @ torch.from_numpy(u[:, :rank]).to(q)
+        coupling = s[:rank, None] * vh[:rank]
     fill = min(b, room) - rank
     if fill > 0:
         fresh = _orthogonalize(_gaussian(op, fill, generator), torch.cat([basis, block], dim=1))
