@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.krylov._linalg import _column_dots, _eps, _generator, _rademacher
+from landscape.krylov._linalg import _column_dots, _eps, _generator, _rademacher, _to_numpy, symmetric_eigh
 from landscape.krylov.operators import Operator
 
 
@@ -73,22 +73,29 @@ def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonali
     n_matvec = 0
     scale = 0.0
     for step in range(n_steps):
+        every = active.size == n_runs
         idx = torch.from_numpy(active).to(op.device)
-        v = current[:, idx]
+        v = current if every else current[:, idx]
         w = op.matmat(v)
         n_matvec += len(active)
         alpha = _column_dots(v, w)
         alphas[active, step] = alpha
+        # the three-term recurrence first: it removes the large components along v and its predecessor
+        w = w - v * torch.from_numpy(alpha).to(w)
+        if step:
+            w = w - (previous if every else previous[:, idx]) * torch.from_numpy(betas[active, step - 1]).to(w)
         if history is not None:
             history[idx, step] = v.T
             # [chains, steps so far, n]; a view when every chain is still running
-            past = history[:, : step + 1] if active.size == n_runs else history[idx, : step + 1]
-            for _ in range(2):
+            past = history[:, : step + 1] if every else history[idx, : step + 1]
+            before = _column_dots(w, w)
+            for _ in range(2):  # one Gram–Schmidt pass, a second only if it cancelled most of the norm
                 coeffs = torch.einsum("cjn,nc->cj", past, w)
                 w = w - torch.einsum("cjn,cj->nc", past, coeffs)
-        else:
-            w = w - v * torch.from_numpy(alpha).to(w) - previous[:, idx] * torch.from_numpy(
-                betas[active, step - 1] if step else np.zeros(len(active))).to(w)
+                after = before - np.sum(_to_numpy(coeffs) ** 2, axis=1)
+                if np.all(after >= 0.5 * before):
+                    break
+                before = _column_dots(w, w)
         if step == n_steps - 1:
             break
         beta = np.sqrt(np.maximum(_column_dots(w, w), 0.0))
@@ -96,8 +103,12 @@ def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonali
         alive = beta > 100 * _eps(op.dtype) * max(scale, 1e-30)
         betas[active, step] = np.where(alive, beta, 0.0)
         lengths[active[~alive]] = step + 1
-        previous[:, idx] = v
-        current[:, idx] = w / torch.from_numpy(np.where(alive, beta, 1.0)).to(w)
+        if every:
+            previous.copy_(v)
+            current = w / torch.from_numpy(np.where(alive, beta, 1.0)).to(w)
+        else:
+            previous[:, idx] = v
+            current[:, idx] = w / torch.from_numpy(np.where(alive, beta, 1.0)).to(w)
         active = active[alive]
         if active.size == 0:
             break
@@ -106,7 +117,7 @@ def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonali
     for run in range(n_runs):
         size = int(lengths[run])
         tri = np.diag(alphas[run, :size]) + np.diag(betas[run, : size - 1], 1) + np.diag(betas[run, : size - 1], -1)
-        theta, vecs = np.linalg.eigh(tri)
+        theta, vecs = symmetric_eigh(tri)
         nodes[run, :size], weights[run, :size] = theta, vecs[0] ** 2
         nodes[run, size:] = theta[0]
     return Quadrature(nodes=nodes, weights=weights, n_matvec=n_matvec)
