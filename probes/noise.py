@@ -274,6 +274,13 @@ class NoiseProbe:
     defaults: ClassVar[dict[str, Any]] = {"b_noise": True, "hessian_samples": 32, "chunk_size": None, "params": None,
                                           "seed": 0}
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """Per-sample gradients (batched by vmap: about one full-data gradient's arithmetic), and with
+        ``b_noise`` one Hessian-vector product per sampled per-sample gradient plus one for the mean gradient."""
+        settings = {**self.defaults, **params}
+        hvp = min(int(settings["hessian_samples"] or n_samples), n_samples) + 1 if settings["b_noise"] else 0
+        return {"gradient": 1.0, "hvp": float(hvp)}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         settings = {**self.defaults, **params}
         selector = settings["params"]

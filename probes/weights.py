@@ -271,6 +271,10 @@ class WeightsProbe:
         "randomize": True, "tw_level": 0.99, "seed": 0, "bins": 60, "solver": "svdvals",
     }
 
+    def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
+        """No pass over the data: one SVD per weight matrix (twice with ``randomize``)."""
+        return {}
+
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         bins = int(params["bins"])
         if bins < 1:

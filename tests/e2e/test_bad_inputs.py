@@ -295,7 +295,7 @@ def test_a_zero_argument_loss_factory_is_called(project, capsys):
 def test_loss_errors_show_outputs_and_targets_of_the_same_samples(project, capsys):
     code, err = analyze(capsys, loss="user.py:picky_loss")
     line = last_error(err)
-    assert code == 2 and "outputs (8, 3) and the train data targets (8,)" in line and "wants one-hot" in line
+    assert code == 2 and "outputs (a tensor of shape (8, 3)) and the train data targets (8,)" in line and "wants one-hot" in line
     assert snapshot(project / "s.sqlite") is None
 
 
