@@ -49,7 +49,7 @@ def tensor_digest(digest: Any, tensor: torch.Tensor) -> None:
 
 
 def data_fingerprint(train: Batches, test: Batches | None) -> str:
-    """SHA-256 over every (inputs, targets) tensor of the train and test batches, batch by batch.
+    """SHA-256 over every tensor (inputs and targets) of the train and test batches, batch by batch.
 
     The batch boundaries enter too (each batch is hashed on its own), so re-cut batches count as other
     data: the per-batch means they give can differ in the last bits.
@@ -57,9 +57,10 @@ def data_fingerprint(train: Batches, test: Batches | None) -> str:
     digest = hashlib.sha256()
     for label, batches in (("train", train), ("test", test)):
         digest.update(f"<{label}:{0 if batches is None else len(batches)}>".encode())
-        for x, y in batches or ():
-            tensor_digest(digest, x)
-            tensor_digest(digest, y)
+        for batch in batches or ():
+            digest.update(f"<{batch.structure}:{batch.signature()}>".encode())
+            for tensor in batch.tensors():
+                tensor_digest(digest, tensor)
     return digest.hexdigest()
 
 

@@ -69,8 +69,9 @@ def preflight(model: nn.Module, loss_fn: LossFn | str | Objective, train: Batche
             try:
                 outputs = objective.forward(model, batch)
             except Exception as error:
-                shape = tuple(batch.inputs.shape) if isinstance(batch.inputs, torch.Tensor) else None
-                where = f", inputs of shape {shape}" if shape else ""
+                inputs = batch.inputs
+                where = (f", inputs of shape {tuple(inputs.shape)}, dtype {inputs.dtype}"
+                         if isinstance(inputs, torch.Tensor) else "")
                 raise DataError(f"the model cannot process the first {name} samples ({batch.describe()}{where}): "
                                 f"{type(error).__name__}: {error}") from None
             try:

@@ -369,10 +369,10 @@ def test_duplicate_steps_are_refused(project, capsys):
 
 @pytest.mark.parametrize("data, gist", [
     ("user.py:empty_data", "train data is empty: it holds no samples."),
-    ("user.py:int_inputs", "the model cannot process the first train data samples (inputs of shape (8, 4), dtype "
-                           "torch.int64)"),
-    ("user.py:float_labels", "the loss fails on the model's outputs (8, 3) and the train data targets (8,) (dtype "
-                             "torch.float32)"),
+    ("user.py:int_inputs", "the model cannot process the first train data samples (an (inputs, targets) pair, "
+                           "inputs of shape (8, 4), dtype torch.int64)"),
+    ("user.py:float_labels", "the loss fails on the model's outputs (a tensor of shape (8, 3)) and the train data "
+                             "targets (8,) (dtype torch.float32)"),
 ])
 def test_unusable_data_is_refused_before_a_store_exists(project, capsys, data, gist):
     code, err = analyze(capsys, data=data)

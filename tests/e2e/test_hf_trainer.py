@@ -60,7 +60,7 @@ def test_bad_input_is_one_line(trained, tmp_path):
     data = f"{ROOT / 'examples' / 'analyze_hf_trainer.py'}:make_data"
     empty = _analyze("--model", f"hf:{output_dir}", "--data", data, "--loss", "model", "--checkpoints",
                      str(tmp_path), "--probes", "metrics", "--store", str(tmp_path / "s.sqlite"), "--quiet", cwd=out)
-    assert empty.returncode == 1
+    assert empty.returncode == 2  # refused as bad input, before any result is written
     assert "holds no model weights: expected one of model.safetensors" in empty.stderr
     assert "Traceback" not in empty.stderr
     wrong_key = _analyze("--model", f"hf:{output_dir}", "--data", data, "--loss", "model", "--targets-key", "label",
