@@ -284,6 +284,11 @@ class NoiseProbe:
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         settings = {**self.defaults, **params}
         selector = settings["params"]
+        structures = {getattr(batch, "structure", "pair") for batch in ctx.train}
+        if structures - {"pair"} or not callable(ctx.loss_fn):
+            return Result.invalid("the gradient noise probe needs (inputs, targets) pair batches and a loss function "
+                                  f"of the outputs; this run has {', '.join(sorted(structures))} batches and loss "
+                                  f"{ctx.loss_fn!r}.", settings)
         try:
             found = gradient_noise(ctx.model, ctx.loss_fn, ctx.train, params=list(selector) if isinstance(selector, tuple)
                                    else selector, chunk_size=settings["chunk_size"], b_noise=bool(settings["b_noise"]),
