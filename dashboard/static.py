@@ -75,6 +75,13 @@ def render(figures: Sequence[go.Figure], paths: Sequence[Path], *, width: int, h
                     "kaleido needs Chrome or Chromium and found none (Debian: apt-get install chromium)")
             raise ExportError(f"{hint}; set BROWSER_PATH=/path/to/chrome to choose one (kaleido: {said})") from None
         raise
+    # On a loaded machine kaleido has been seen to return before every file was written: write those again,
+    # one at a time, and fail with the file's name if it still is not there.
+    for fig, path, fig_height in zip(figures, paths, heights):
+        if not Path(path).is_file() or Path(path).stat().st_size == 0:
+            pio.write_image(fig, str(path), width=width, height=fig_height, scale=scale)
+            if not Path(path).is_file():
+                raise ExportError(f"kaleido did not write {path}; run the export again.")
 
 
 def _height(fig: go.Figure, height: int | None) -> int:
