@@ -123,7 +123,8 @@ def _figures(section: Section, first: list[bool]) -> str:
     for i, entry in enumerate(section.entries):
         div_id = f"fig-{_slug(section.key)}-{entry.name}-{i}"
         plot = pio.to_html(entry.figure, full_html=False, include_plotlyjs=first[0], div_id=div_id,
-                           config=_FIGURE_CONFIG, default_width="100%")
+                           config=_FIGURE_CONFIG, default_width="100%",
+                           auto_play=False)  # animations open on their last frame and play on request
         first[0] = False
         animated = ' data-animated="1"' if entry.animated else ""
         parts.append(f'<div class="figure" data-run="{_e(section.key)}" data-probes="{_e(" ".join(entry.probes))}" '
