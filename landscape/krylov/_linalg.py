@@ -1,8 +1,14 @@
 """Small helpers shared by the kernels: seeded random blocks, column-wise dot products, projections,
 and single-threaded small dense solves.
 
-Random vectors are drawn on the CPU in float64 from a seeded generator and then moved to the operator's
-device and dtype, so a seed gives the same draws on every device and in every precision.
+Random vectors are drawn on the CPU in float64 from a seeded generator and then moved to the Krylov
+state's device and dtype, so a seed gives the same draws on every device and in every precision.
+
+The Krylov state (bases, projected matrices, accumulators) has its own dtype, float64 unless a kernel is
+given ``krylov_dtype=torch.float32``, whatever the operator's dtype: the products of a bf16 or fp16 model
+then carry its rounding (about its eps, relative), but the orthogonalization and the projections add none
+of their own. :func:`_product` moves a block to the operator's device for the product and brings the
+result back to the state's device and dtype.
 
 Small dense solves (the projected matrices of Lanczos, at most a few hundred rows) run with one BLAS
 thread: several OpenBLAS threads on a matrix that small spend their time synchronizing, and on a busy
@@ -26,13 +32,54 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-def _gaussian(op: Operator, k: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(op.size, k, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
+KRYLOV_DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
 
 
-def _rademacher(op: Operator, k: int, generator: torch.Generator) -> torch.Tensor:
+def krylov_dtype(value: torch.dtype | str | None) -> torch.dtype:
+    """The dtype of the Krylov state: None means float64; float32 (or its name) halves its memory."""
+    if value is None:
+        return torch.float64
+    if isinstance(value, str) and value in KRYLOV_DTYPES:
+        return KRYLOV_DTYPES[value]
+    if value in (torch.float64, torch.float32):
+        return value  # type: ignore[return-value]
+    raise ValueError(f"krylov_dtype must be torch.float64, torch.float32 or one of {tuple(KRYLOV_DTYPES)}, "
+                     f"got {value!r}.")
+
+
+def state_device(op: Operator, value: torch.device | str | None) -> torch.device:
+    """Where a kernel keeps its basis: the operator's device unless ``basis_device`` names another."""
+    if value is None:
+        return torch.device(op.device)
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"basis_device must be a torch device or its name (such as 'cpu'), got {value!r}.") from None
+
+
+def _product(op: Operator, block: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``H @ block`` with the block moved to the operator's device once and the image brought back."""
+    image = op.matmat(block.to(op.device))
+    return image.to(device=device, dtype=dtype)
+
+
+def _noise_eps(op: Operator, dtype: torch.dtype) -> float:
+    """The relative rounding of the products as the kernels see them: a half-precision operator
+    accumulates in float32 at least (:mod:`landscape.curvature`), so below float32 it counts as float32."""
+    working = torch.promote_types(op.dtype, torch.float32) if op.dtype.is_floating_point else dtype
+    return max(_eps(working), _eps(dtype))
+
+
+def _gaussian(op: Operator, k: int, generator: torch.Generator, dtype: torch.dtype | None = None,
+              device: torch.device | None = None) -> torch.Tensor:
+    draws = torch.randn(op.size, k, generator=generator, dtype=torch.float64)
+    return draws.to(device or op.device, dtype or torch.float64)
+
+
+def _rademacher(op: Operator, k: int, generator: torch.Generator, dtype: torch.dtype | None = None,
+                device: torch.device | None = None) -> torch.Tensor:
     signs = torch.randint(0, 2, (op.size, k), generator=generator, dtype=torch.int8)
-    return (signs.to(torch.float64) * 2 - 1).to(op.device, op.dtype)
+    return (signs.to(torch.float64) * 2 - 1).to(device or op.device, dtype or torch.float64)
 
 
 def _column_dots(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

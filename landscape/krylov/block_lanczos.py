@@ -33,6 +33,13 @@ at most ``cap`` rows on one BLAS thread — once the basis holds k vectors and t
 ``max(1, m // 16b)`` steps for a basis of m vectors (at most ~6% extra products past the step where
 the residuals first met ``tol``), and always before a restart and at the last step.
 
+Memory and precision. The basis holds ``cap`` vectors (``max_basis``, default ``max(3k + 30, 50)``) of
+the operator's size in ``krylov_dtype`` (float64 by default, whatever the model's dtype; float32 halves
+it): 180 float64 vectors of a 1B-parameter model are 1.4 TB, 50 float32 ones 200 GB. ``basis_device``
+keeps the basis elsewhere than the operator (``"cpu"`` for a model that fills its GPU): each step then
+moves the newest block to the operator's device for its product and the image back, once, and the
+projections run where the basis is.
+
 References: C. Lanczos (1950), J. Res. Nat. Bur. Standards 45; G. H. Golub & R. Underwood (1977), "The
 block Lanczos method for computing eigenvalues", Mathematical Software III; K. Wu & H. Simon (2000),
 "Thick-restart Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22;
@@ -48,14 +55,17 @@ import numpy as np
 import torch
 
 from landscape.krylov._linalg import (
-    _eps,
     _gaussian,
     _generator,
+    _noise_eps,
     _orthogonalize,
+    _product,
     _to_numpy,
     single_threaded,
+    state_device,
     symmetric_eigh,
 )
+from landscape.krylov._linalg import krylov_dtype as _krylov_dtype
 from landscape.krylov.operators import Operator
 
 # Classical Gram–Schmidt is repeated when a pass leaves less than this share of the norm ("twice is enough").
@@ -89,6 +99,8 @@ def lanczos(
     max_basis: int | None = None,
     seed: int = 0,
     return_vectors: bool = False,
+    krylov_dtype: torch.dtype | str | None = None,
+    basis_device: torch.device | str | None = None,
 ) -> LanczosResult:
     """The k largest (``which="LA"``) or smallest (``"SA"``) eigenvalues of a symmetric operator.
 
@@ -103,6 +115,10 @@ def lanczos(
     (invariant subspace found) continues from fresh random directions. Single-vector Lanczos
     (``block_size=1``) finds one copy of a repeated eigenvalue per restart; use a block at least as
     large as the expected multiplicity.
+
+    The basis and the projected matrix are kept in ``krylov_dtype`` (float64 by default, or float32) on
+    ``basis_device`` (default: the operator's device), independently of the operator's dtype and device;
+    returned vectors are in that dtype, on that device.
     """
     n = op.size
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
@@ -118,9 +134,10 @@ def lanczos(
     steps_cap = max_iter if max_iter is not None else math.ceil((20 * k + 200) / b)
     if steps_cap < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter}.")
+    dtype, device = _krylov_dtype(krylov_dtype), state_device(op, basis_device)
     generator = _generator(seed)
-    krylov = _Krylov(op, basis_cap)
-    first, _ = torch.linalg.qr(_gaussian(op, b, generator))
+    krylov = _Krylov(op, basis_cap, dtype, device)
+    first, _ = torch.linalg.qr(_gaussian(op, b, generator, dtype, device))
     krylov.place(first, None)
     steps = n_matvec = last_check = 0
     while True:
@@ -172,9 +189,9 @@ class _Krylov:
     restart the couplings to the kept Ritz vectors).
     """
 
-    def __init__(self, op: Operator, cap: int) -> None:
+    def __init__(self, op: Operator, cap: int, dtype: torch.dtype, device: torch.device) -> None:
         self.op = op
-        self.rows = torch.empty(cap, op.size, dtype=op.dtype, device=op.device)
+        self.rows = torch.empty(cap, op.size, dtype=dtype, device=device)
         self.proj = np.zeros((cap, cap))
         self.start = self.size = self.coupled = 0
         self.width = 0
@@ -203,7 +220,7 @@ class _Krylov:
         (the part of H·block outside span Q, as [n, w]) and completes T's rows and columns of the block."""
         start, size, lo = self.start, self.size, self.coupled
         block = self.rows[start:size]  # [w, n]
-        image = self.op.matmat(block.T).T.to(self.rows.dtype)  # [w, n]: the products, one per row
+        image = _product(self.op, block.T, self.rows.dtype, self.rows.device).T  # [w, n]: one product per row
         # the block's own projection (q_j · H q_i), then the known couplings and it removed in one update
         own = _to_numpy(block @ image.T)
         local = self.proj[lo:size, start:size].copy()
@@ -264,7 +281,7 @@ def _next_block(residual: torch.Tensor, basis: torch.Tensor, b: int, scale: floa
     width = residual.shape[1]
     if room <= 0:
         return basis.new_zeros(op.size, 0), np.zeros((0, width))
-    threshold = 100 * _eps(op.dtype) * max(scale, 1e-30)
+    threshold = 100 * _noise_eps(op, basis.dtype) * max(scale, 1e-30)
     if width == 1:  # single-vector Lanczos: the QR and SVD below reduce to a norm
         beta = float(residual.norm())
         rank = int(beta > threshold)
@@ -279,7 +296,8 @@ def _next_block(residual: torch.Tensor, basis: torch.Tensor, b: int, scale: floa
         coupling = s[:rank, None] * vh[:rank]
     fill = min(b, room) - rank
     if fill > 0:
-        fresh = _orthogonalize(_gaussian(op, fill, generator), torch.cat([basis, block], dim=1))
+        fresh = _gaussian(op, fill, generator, basis.dtype, basis.device)
+        fresh = _orthogonalize(fresh, torch.cat([basis, block], dim=1))
         fresh, _ = torch.linalg.qr(fresh)
         block = torch.cat([block, fresh], dim=1)
         coupling = np.vstack([coupling, np.zeros((fill, width))])

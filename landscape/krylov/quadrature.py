@@ -28,7 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.krylov._linalg import _column_dots, _eps, _generator, _rademacher, _to_numpy, symmetric_eigh
+from landscape.krylov._linalg import (
+    _column_dots,
+    _generator,
+    _noise_eps,
+    _product,
+    _rademacher,
+    _to_numpy,
+    state_device,
+    symmetric_eigh,
+)
+from landscape.krylov._linalg import krylov_dtype as _krylov_dtype
 from landscape.krylov.operators import Operator
 
 
@@ -46,7 +56,8 @@ class Quadrature:
     n_matvec: int
 
 
-def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonalize: bool = True) -> Quadrature:
+def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonalize: bool = True,
+        krylov_dtype: torch.dtype | str | None = None, basis_device: torch.device | str | None = None) -> Quadrature:
     """Stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
 
     Each chain starts from a normalized Rademacher vector v and runs ``n_steps`` Lanczos steps, giving the
@@ -55,17 +66,18 @@ def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonali
     together: one ``matmat`` of the active chains per step. Full reorthogonalization (default) keeps every
     chain's basis, ``n_runs · n_steps`` vectors of the operator's size; without it only the three-term
     recurrence is used (memory of 2 vectors per chain, spurious copies of outlying Ritz values possible).
+    The chains' vectors are kept in ``krylov_dtype`` (float64 by default, or float32) on ``basis_device``
+    (default: the operator's device), whatever the operator's dtype and device.
     """
     if not isinstance(n_runs, (int, np.integer)) or n_runs < 1:
         raise ValueError(f"n_runs must be a positive integer, got {n_runs}.")
     if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps}.")
     n = op.size
-    current = _rademacher(op, n_runs, _generator(seed)) / math.sqrt(n)
+    dtype, device = _krylov_dtype(krylov_dtype), state_device(op, basis_device)
+    current = _rademacher(op, n_runs, _generator(seed), dtype, device) / math.sqrt(n)
     previous = torch.zeros_like(current)
-    history = (
-        torch.zeros(n_runs, n_steps, n, dtype=op.dtype, device=op.device) if reorthogonalize else None
-    )
+    history = torch.zeros(n_runs, n_steps, n, dtype=dtype, device=device) if reorthogonalize else None
     alphas = np.zeros((n_runs, n_steps))
     betas = np.zeros((n_runs, n_steps))
     lengths = np.full(n_runs, n_steps)
@@ -74,9 +86,9 @@ def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonali
     scale = 0.0
     for step in range(n_steps):
         every = active.size == n_runs
-        idx = torch.from_numpy(active).to(op.device)
+        idx = torch.from_numpy(active).to(device)
         v = current if every else current[:, idx]
-        w = op.matmat(v)
+        w = _product(op, v, dtype, device)
         n_matvec += len(active)
         alpha = _column_dots(v, w)
         alphas[active, step] = alpha
@@ -100,7 +112,7 @@ def slq(op: Operator, n_runs: int, n_steps: int, *, seed: int = 0, reorthogonali
             break
         beta = np.sqrt(np.maximum(_column_dots(w, w), 0.0))
         scale = max(scale, float(np.max(np.abs(alpha))), float(np.max(beta)))
-        alive = beta > 100 * _eps(op.dtype) * max(scale, 1e-30)
+        alive = beta > 100 * _noise_eps(op, dtype) * max(scale, 1e-30)
         betas[active, step] = np.where(alive, beta, 0.0)
         lengths[active[~alive]] = step + 1
         if every:

@@ -33,6 +33,9 @@ Laplacian smoothing splines", Commun. Stat. Simul. Comput. 18; R. A. Meyer, C. M
 D. P. Woodruff (2021), "Hutch++: Optimal stochastic trace estimation", SOSA; E. N. Epperly, J. A. Tropp
 & R. J. Webber (2024), "XTrace: Making the most of every sample in stochastic trace estimation", SIAM J.
 Matrix Anal. Appl. 45.
+
+Every estimator keeps its test vectors, sketches and sums in ``krylov_dtype`` (float64 by default, or
+float32) on the operator's device, whatever the operator's dtype (:mod:`landscape.krylov._linalg`).
 """
 
 from __future__ import annotations
@@ -46,13 +49,15 @@ import torch
 
 from landscape.krylov._linalg import (
     _column_dots,
-    _eps,
     _gaussian,
     _generator,
+    _noise_eps,
     _orthogonalize,
+    _product,
     _rademacher,
     _to_numpy,
 )
+from landscape.krylov._linalg import krylov_dtype as _krylov_dtype
 from landscape.krylov.operators import Operator
 
 
@@ -65,14 +70,15 @@ class TraceResult:
     n_matvec: int
 
 
-def exact_trace(op: Operator) -> TraceResult:
+def exact_trace(op: Operator, *, krylov_dtype: torch.dtype | str | None = None) -> TraceResult:
     """``tr(H) = Σᵢ eᵢᵀ H eᵢ`` from the n unit vectors (n products; exact up to rounding)."""
+    dtype = _dtype(krylov_dtype)
     total, chunk = 0.0, 64
     for start in range(0, op.size, chunk):
         stop = min(op.size, start + chunk)
-        units = torch.zeros(op.size, stop - start, dtype=op.dtype, device=op.device)
+        units = torch.zeros(op.size, stop - start, dtype=dtype, device=op.device)
         units[torch.arange(start, stop), torch.arange(stop - start)] = 1
-        total += float(np.sum(np.diag(_to_numpy(op.matmat(units)[start:stop]))))
+        total += float(np.sum(np.diag(_to_numpy(_product(op, units, dtype, units.device)[start:stop]))))
     return TraceResult(value=total, stderr=0.0, n_matvec=op.size)
 
 
@@ -87,22 +93,32 @@ def _check_budget(n_matvec: int, name: str) -> None:
         raise ValueError(f"n_matvec must be an integer ≥ {minimum} for {name}, got {n_matvec}.")
 
 
+def _dtype(value: torch.dtype | str | None) -> torch.dtype:
+    return _krylov_dtype(value)
+
+
+def _times(op: Operator, vectors: torch.Tensor) -> torch.Tensor:
+    return _product(op, vectors, vectors.dtype, vectors.device)
+
+
 def _quadratic_forms(op: Operator, vectors: torch.Tensor) -> np.ndarray:
     """``vᵢᵀ H vᵢ`` for every column."""
-    return _column_dots(vectors, op.matmat(vectors))
+    return _column_dots(vectors, _times(op, vectors))
 
 
-def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
+def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0,
+               krylov_dtype: torch.dtype | str | None = None) -> TraceResult:
     """Hutchinson's estimator: the mean of ``zᵀHz`` over Rademacher vectors z (unbiased).
 
     stderr = sample standard deviation of the ``zᵀHz`` / √n_matvec.
     """
     _check_budget(n_matvec, "hutchinson")
-    samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed)))
+    samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed), _dtype(krylov_dtype)))
     return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
 
 
-def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
+def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0,
+                    krylov_dtype: torch.dtype | str | None = None) -> TraceResult:
     """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): deflate the top of the spectrum, then Hutchinson.
 
     With s = n_matvec // 3 Rademacher sketch vectors S: Q = orth(H S) (s products), the exact part
@@ -112,21 +128,22 @@ def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResul
     deflated part vanishes (rank of H ≤ s: the estimate is then exact).
     """
     _check_budget(n_matvec, "hutch++")
-    generator = _generator(seed)
+    generator, dtype = _generator(seed), _dtype(krylov_dtype)
     s = min(n_matvec // 3, op.size)
     rest = n_matvec - 2 * s
-    sketch = op.matmat(_rademacher(op, s, generator))
+    sketch = _times(op, _rademacher(op, s, generator, dtype))
     q, _ = torch.linalg.qr(sketch)
-    tail = _orthogonalize(_rademacher(op, rest, generator), q)
+    tail = _orthogonalize(_rademacher(op, rest, generator, dtype), q)
     # HQ and the deflated test vectors in one block: one pass over the data instead of two
     both = torch.cat([q, tail], dim=1)
-    forms = _column_dots(both, op.matmat(both))
+    forms = _column_dots(both, _times(op, both))
     top, samples = float(np.sum(forms[:s])), forms[s:]
     # rest ≥ n_matvec/3 ≥ 2 (s ≤ n_matvec // 3), so the sample std is defined
     return TraceResult(top + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(rest)), 2 * s + rest)
 
 
-def xtrace(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
+def xtrace(op: Operator, n_matvec: int, *, seed: int = 0,
+           krylov_dtype: torch.dtype | str | None = None) -> TraceResult:
     """XTrace (Epperly, Tropp & Webber 2024): the exchangeable version of Hutch++.
 
     With m = n_matvec // 2 Gaussian test vectors Ω and Y = HΩ = QR, each leave-one-out estimate i uses
@@ -139,18 +156,18 @@ def xtrace(op: Operator, n_matvec: int, *, seed: int = 0) -> TraceResult:
     When Y is rank-deficient the range of H is inside range(Q) and the value tr(QᵀHQ) is exact.
     """
     _check_budget(n_matvec, "xtrace")
-    generator = _generator(seed)
+    generator, dtype = _generator(seed), _dtype(krylov_dtype)
     n = op.size
     m = min(n_matvec // 2, n)
-    omega = _gaussian(op, m, generator)
-    y = op.matmat(omega)
+    omega = _gaussian(op, m, generator, dtype)
+    y = _times(op, omega)
     q, r = torch.linalg.qr(y)
-    z = op.matmat(q)
+    z = _times(op, q)
     h = _to_numpy(q.T @ z)
     h = (h + h.T) / 2
     r_np = _to_numpy(r)
     singular = np.linalg.svd(r_np, compute_uv=False)
-    if m == n or singular[-1] <= 10 * m * _eps(op.dtype) * singular[0]:
+    if m == n or singular[-1] <= 10 * m * _noise_eps(op, dtype) * singular[0]:
         return TraceResult(float(np.trace(h)), 0.0, 2 * m)
     w = _to_numpy(q.T @ omega)  # coordinates of ωᵢ in range(Q)
     t = _to_numpy(z.T @ omega)  # column i: (HQ)ᵀωᵢ
