@@ -72,7 +72,7 @@ class TraceResult:
 
 def exact_trace(op: Operator, *, krylov_dtype: torch.dtype | str | None = None) -> TraceResult:
     """``tr(H) = Σᵢ eᵢᵀ H eᵢ`` from the n unit vectors (n products; exact up to rounding)."""
-    dtype = _dtype(krylov_dtype)
+    dtype = _krylov_dtype(krylov_dtype)
     total, chunk = 0.0, 64
     for start in range(0, op.size, chunk):
         stop = min(op.size, start + chunk)
@@ -93,10 +93,6 @@ def _check_budget(n_matvec: int, name: str) -> None:
         raise ValueError(f"n_matvec must be an integer ≥ {minimum} for {name}, got {n_matvec}.")
 
 
-def _dtype(value: torch.dtype | str | None) -> torch.dtype:
-    return _krylov_dtype(value)
-
-
 def _times(op: Operator, vectors: torch.Tensor) -> torch.Tensor:
     return _product(op, vectors, vectors.dtype, vectors.device)
 
@@ -113,7 +109,7 @@ def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0,
     stderr = sample standard deviation of the ``zᵀHz`` / √n_matvec.
     """
     _check_budget(n_matvec, "hutchinson")
-    samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed), _dtype(krylov_dtype)))
+    samples = _quadratic_forms(op, _rademacher(op, n_matvec, _generator(seed), _krylov_dtype(krylov_dtype)))
     return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
 
 
@@ -128,7 +124,7 @@ def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0,
     deflated part vanishes (rank of H ≤ s: the estimate is then exact).
     """
     _check_budget(n_matvec, "hutch++")
-    generator, dtype = _generator(seed), _dtype(krylov_dtype)
+    generator, dtype = _generator(seed), _krylov_dtype(krylov_dtype)
     s = min(n_matvec // 3, op.size)
     rest = n_matvec - 2 * s
     sketch = _times(op, _rademacher(op, s, generator, dtype))
@@ -156,7 +152,7 @@ def xtrace(op: Operator, n_matvec: int, *, seed: int = 0,
     When Y is rank-deficient the range of H is inside range(Q) and the value tr(QᵀHQ) is exact.
     """
     _check_budget(n_matvec, "xtrace")
-    generator, dtype = _generator(seed), _dtype(krylov_dtype)
+    generator, dtype = _generator(seed), _krylov_dtype(krylov_dtype)
     n = op.size
     m = min(n_matvec // 2, n)
     omega = _gaussian(op, m, generator, dtype)
