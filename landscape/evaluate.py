@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from landscape.data import Batches, as_batches
+from landscape.distributed.agreement import local_share
+from landscape.distributed.group import all_reduce_named, all_reduce_sum, world_size
 from landscape.objective import (
     LossError,
     LossFn,
@@ -27,6 +29,7 @@ from landscape.objective import (
 
 __all__ = [
     "Evaluation",
+    "global_weight",
     "LossError",
     "LossFn",
     "OutputError",
@@ -122,6 +125,15 @@ def total_weight(objective: Objective, data: Batches) -> float:
     return total
 
 
+def global_weight(objective: Objective, data: Batches) -> float:
+    """:func:`total_weight` of this rank's shard ``data`` summed over the ranks."""
+    local = sum(objective.weight(b) for b in data)
+    total = float(all_reduce_sum(torch.tensor([float(local)], dtype=torch.float64), "the data's weight")[0])
+    if total <= 0:
+        raise LossError("no batch has a target to score (every target equals ignore_index); the loss is undefined.")
+    return total
+
+
 def evaluate(
     model: nn.Module,
     loss_fn: LossFn | str | Objective,
@@ -131,7 +143,7 @@ def evaluate(
 ) -> Evaluation:
     """Mean loss and accuracy over ``data`` under ``torch.inference_mode()`` (batches of weight 0 skipped)."""
     objective = as_objective(loss_fn, model)
-    data = data if isinstance(data, Batches) else as_batches(data, device=_model_device(model))
+    data, summed = local_share(data if isinstance(data, Batches) else as_batches(data, device=_model_device(model)))
     total_loss, weights = 0.0, 0.0
     total_correct, counted = 0, 0
     has_accuracy = True
@@ -150,6 +162,13 @@ def evaluate(
                 else:
                     total_correct += int(hits[0])
                     counted += hits[1]
+    n_samples = data.n_samples
+    if summed:  # sums over the ranks' shards (one collective)
+        sums = torch.tensor([total_loss, weights, total_correct, counted, n_samples, float(has_accuracy)],
+                            dtype=torch.float64)
+        total_loss, weights, total_correct, counted, n_samples, agreeing = all_reduce_sum(sums, "evaluate").tolist()
+        has_accuracy = agreeing == world_size()
+        total_correct, counted, n_samples = int(total_correct), int(counted), int(n_samples)
     if weights == 0:
         raise LossError("no batch has a target to score (every target equals ignore_index); the loss is undefined.")
     loss = total_loss / weights
@@ -157,7 +176,7 @@ def evaluate(
     return Evaluation(
         loss=loss,
         accuracy=total_correct / counted if has_accuracy and counted else None,
-        n_samples=data.n_samples,
+        n_samples=n_samples,
         perplexity=(math.exp(loss) if loss < 700 else math.inf) if token_level and math.isfinite(loss) else None,
         n_tokens=int(weights) if token_level else None,
     )
@@ -169,10 +188,10 @@ def gradient(model: nn.Module, loss_fn: LossFn | str | Objective, data: object) 
     Does not touch ``.grad``; returns detached tensors keyed by parameter name.
     """
     objective = as_objective(loss_fn, model)
-    data = data if isinstance(data, Batches) else as_batches(data, device=_model_device(model))
+    data, summed = local_share(data if isinstance(data, Batches) else as_batches(data, device=_model_device(model)))
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros_like(p) for name, p in params.items()}
-    weights = total_weight(objective, data)
+    weights = global_weight(objective, data) if summed else total_weight(objective, data)
     for batch in data:
         weight = objective.weight(batch)
         if weight == 0:
@@ -182,4 +201,6 @@ def gradient(model: nn.Module, loss_fn: LossFn | str | Objective, data: object) 
         for (name, _), g in zip(params.items(), grads):
             if g is not None:
                 total[name].add_(g, alpha=weight / weights)
+    if summed:  # the ranks' weighted partial sums add up to the full-data gradient
+        all_reduce_named(total, "the full-data gradient")
     return total

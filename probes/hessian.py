@@ -45,6 +45,7 @@ from landscape.curvature import (
     slq,
 )
 from landscape.data import Batches, as_batches
+from landscape.distributed import curvature_operator
 from landscape.evaluate import LossFn
 from landscape.params import preserved, trainable_parameters
 from landscape.probe import ProbeContext, Result
@@ -266,7 +267,7 @@ def eigenvalues(
         if backend == "pyhessian":
             return _pyhessian_eigenvalues(model, loss_fn, batches, k, tol=tol, max_iter=max_iter,
                                           return_vectors=return_vectors, seed=seed, which=which, params=params)
-        with CurvatureOperator(model, loss_fn, batches, kind=kind, params=params) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
             return _eigen_on(op, k, tol=tol, max_iter=max_iter, return_vectors=return_vectors, seed=seed,
                              which=which)
 
@@ -296,7 +297,7 @@ def trace(
         if backend == "pyhessian":
             return _pyhessian_trace(model, loss_fn, batches, method=method, n_matvec=n_matvec, seed=seed,
                                     params=params)
-        with CurvatureOperator(model, loss_fn, batches, kind=kind, params=params) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
             return _trace_on(op, method=method, n_matvec=n_matvec, seed=seed)
 
 
@@ -324,7 +325,7 @@ def density(
         if backend == "pyhessian":
             return _pyhessian_density(model, loss_fn, batches, n_runs=n_runs, n_steps=n_steps, seed=seed,
                                       params=params)
-        with CurvatureOperator(model, loss_fn, batches, kind=kind, params=params) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
             return _density_on(op, n_runs=n_runs, n_steps=n_steps, seed=seed)
 
 
@@ -526,8 +527,8 @@ class HessianProbe:
         model = ctx.model
         with preserved(model):
             try:
-                op = CurvatureOperator(model, ctx.loss_fn, ctx.train.to(_model_device(model)),
-                                       kind=settings["kind"], params=settings["params"])
+                op = curvature_operator(model, ctx.loss_fn, ctx.train.to(_model_device(model)),
+                                        kind=settings["kind"], params=settings["params"])
             except NonFiniteLossError as error:
                 return Result.invalid(str(error), settings)
             with op:

@@ -27,6 +27,7 @@ from torch import nn
 from landscape.checkpoints import SavedOptimizer
 from landscape.curvature import CurvatureOperator, lanczos
 from landscape.data import as_batches
+from landscape.distributed import curvature_operator
 from landscape.evaluate import LossFn
 from landscape.params import preserved
 from landscape.preconditioner import OptimizerStateError, Preconditioner, read_preconditioner
@@ -118,7 +119,7 @@ def preconditioned_eigenvalues(
 def _eigen(model: nn.Module, loss_fn: LossFn, batches: Any, preconditioner: Preconditioner, k: int, *, tol: float,
            max_iter: int | None, seed: int, kind: str, return_vectors: bool) -> PreconditionedEigen:
     names = list(preconditioner.diagonal)
-    with CurvatureOperator(model, loss_fn, batches, kind=kind, params=names) as op:
+    with curvature_operator(model, loss_fn, batches, kind=kind, params=names) as op:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= op.size:
             raise ValueError(f"k must be an integer between 1 and {op.size} (the parameters the optimizer moves), "
                              f"got {k!r}.")

@@ -50,7 +50,8 @@ from landscape.autodiff import (
 )
 from landscape.batch import Batch
 from landscape.data import Batches, as_batches
-from landscape.evaluate import LossFn, evaluate, gradient, total_weight
+from landscape.distributed import all_reduce_named, local_share
+from landscape.evaluate import LossFn, evaluate, global_weight, gradient, total_weight
 from landscape.objective import Objective, as_objective
 from landscape.params import Named, preserved, set_point, trainable_parameters
 from landscape.probe import ProbeContext, Result
@@ -171,9 +172,10 @@ class _Point:
         names = list(params)
         total = {name: torch.zeros_like(p) for name, p in params.items()}
         objective = as_objective(self.loss_fn, self.model)
-        weights = total_weight(objective, self.data)
+        data, summed = local_share(self.data)  # under torch.distributed: this rank's shard, summed below
+        weights = global_weight(objective, data) if summed else total_weight(objective, data)
         with math_attention():
-            for batch in self.data:
+            for batch in data:
                 weight = objective.weight(batch)
                 if weight == 0:
                     continue
@@ -188,6 +190,8 @@ class _Point:
                 for k, hv in zip(names, products):
                     if hv is not None:
                         total[k].add_(hv.detach(), alpha=weight / weights)
+        if summed:
+            all_reduce_named(total, "a Hessian-vector product")
         return total
 
     def _batch_hvp(self, objective: Objective, batch: Batch, params: Named, names: list[str],

@@ -20,6 +20,8 @@ from torch import nn
 
 from landscape.batch import Batch
 from landscape.data import Batches
+from landscape.distributed.agreement import local_share
+from landscape.distributed.group import all_reduce_sum, broadcast_object, is_main
 from landscape.evaluate import LossError, LossFn, autocast_context
 from landscape.grid.checks import device_of
 from landscape.grid.factoring import FACTOR_BYTES, FACTOR_MIN_FAN_IN, InputLayers
@@ -60,13 +62,21 @@ class Evaluator:
             raise ValueError(f"points_per_pass must be a positive integer or None, got {points_per_pass!r}.")
         self.model, self.loss_fn = model, loss_fn
         self.objective = as_objective(loss_fn, model)
+        # Under torch.distributed each rank keeps its shard of the samples; rows are summed over the ranks.
+        shares = [(prefix, local_share(data))
+                  for prefix, data in [("", train)] + ([("test_", test)] if test is not None else [])]
+        self.summed = any(summed for _, (_, summed) in shares)
         self.sets = [(prefix, Batches(tuple(b for b in data if self.objective.weight(b) > 0), data.spec))
-                     for prefix, data in [("", train)] + ([("test_", test)] if test is not None else [])]
+                     for prefix, (data, _) in shares]
         for prefix, data in self.sets:
             if not len(data):
                 raise LossError(f"the {'test' if prefix else 'train'} data has no target to score "
                                 "(every target equals ignore_index).")
         self.weights = {prefix: [self.objective.weight(b) for b in data] for prefix, data in self.sets}
+        local_totals = [float(sum(self.weights[prefix])) for prefix, _ in self.sets]
+        totals = _summed_over_ranks(local_totals, "the grid's data weight") if self.summed else local_totals
+        self.totals = {prefix: total for (prefix, _), total in zip(self.sets, totals)}
+        """The full-data weight of each set (over all ranks): the denominators of the mean losses."""
         self.counts: dict[str, list[int]] = {}
         self.device = device_of(model)
         self.autocast_dtype = autocast_dtype
@@ -198,16 +208,42 @@ class Evaluator:
                     sums = self._loop(mover, coords)
             else:
                 sums = self._loop(mover, coords)
-        out: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        counted: dict[str, float] = {}
         for prefix, _ in self.sets:
             loss = sums[prefix + "loss"]
             assert loss is not None
-            out[prefix + "loss"] = loss.cpu().numpy() / sum(self.weights[prefix])
+            values[prefix + "loss"] = loss.cpu().numpy()
             acc = sums[prefix + "accuracy"]
-            counted = sum(self.counts.get(prefix, []))
-            if acc is not None and counted:
-                out[prefix + "accuracy"] = acc.cpu().numpy().astype(np.float64) / counted
+            if acc is not None:
+                values[prefix + "accuracy"] = acc.cpu().numpy().astype(np.float64)
+                counted[prefix] = float(sum(self.counts.get(prefix, [])))
+        if self.summed:
+            values, counted = self._reduce_row(values, counted)
+        out: dict[str, np.ndarray] = {}
+        for prefix, _ in self.sets:
+            out[prefix + "loss"] = values[prefix + "loss"] / self.totals[prefix]
+            if prefix + "accuracy" in values and counted.get(prefix):
+                out[prefix + "accuracy"] = values[prefix + "accuracy"] / counted[prefix]
         return out
+
+    def _reduce_row(self, values: dict[str, np.ndarray],
+                    counted: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The ranks' loss sums, correct counts and counted samples of one row, summed (one collective)."""
+        keys, count_keys = sorted(values), sorted(counted)
+        flat = np.concatenate([values[k] for k in keys] + [np.array([counted[k] for k in count_keys])])
+        total = np.asarray(_summed_over_ranks(flat.tolist(), "a row of the grid"))
+        out, offset = {}, 0
+        for key in keys:
+            size = values[key].size
+            out[key] = total[offset : offset + size]
+            offset += size
+        return out, {key: float(total[offset + i]) for i, key in enumerate(count_keys)}
+
+
+def _summed_over_ranks(values: Sequence[float], what: str) -> list[float]:
+    """Element-wise sums of ``values`` over the ranks, in float64."""
+    return all_reduce_sum(torch.tensor(list(values), dtype=torch.float64), what).tolist()
 
 
 def evaluate_grid(
@@ -227,7 +263,7 @@ def evaluate_grid(
     saved rows whose fingerprint (grid coordinates and plane identity) differs are recomputed.
     """
     rows_y = [None] if y is None else list(y)
-    sizes = [float(sum(evaluator.weights[p])) for p, _ in evaluator.sets] + [0.0] * (3 - len(evaluator.sets))
+    sizes = [evaluator.totals[p] for p, _ in evaluator.sets] + [0.0] * (3 - len(evaluator.sets))
     base_print = np.concatenate([[len(x), x[0], x[-1], len(rows_y)], sizes, mover.fingerprint()])
     done: dict[int, dict[str, np.ndarray]] = {}
     if partial is not None:
@@ -245,6 +281,9 @@ def evaluate_grid(
         if stale:
             warnings.warn(f"{stale} saved row(s) belong to another grid or model and are recomputed.",
                           RuntimeWarning, stacklevel=3)
+    if evaluator.summed:  # ranks evaluate rows together: all skip the rows rank 0 (the store's writer) has
+        done = broadcast_object(done if is_main() else None, "loading the grid's saved rows")
+        progress = progress and is_main()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -258,7 +297,7 @@ def evaluate_grid(
                 continue
             coords = [(float(xi),) if yj is None else (float(xi), float(yj)) for xi in x]
             arrays = evaluator.row(mover, coords)
-            if partial is not None:
+            if partial is not None and (is_main() or not evaluator.summed):
                 fingerprint = np.concatenate([[j, 0.0 if yj is None else yj], base_print])
                 partial.save(row_offset + j, {**arrays, "fingerprint": fingerprint})
             results.append(arrays)
