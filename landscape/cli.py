@@ -23,11 +23,13 @@ class CommandError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from landscape.checkpoints import CheckpointError
     from landscape.data import DataError
+    from landscape.distributed import DistributedError
     from landscape.evaluate import LossError
     from landscape.factories import FactoryError
     from landscape.store import StoreError
 
-    return CommandError, CheckpointError, DataError, LossError, FactoryError, StoreError, KeyError, ValueError
+    return (CommandError, CheckpointError, DataError, LossError, FactoryError, StoreError, DistributedError, KeyError,
+            ValueError)
 
 
 def _parse_probe_list(text: str | None) -> list[str] | None:
@@ -122,12 +124,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                        batch_size=config.batch_size, seed=config.seed, inputs=inputs,
                        targets_key=config.targets_key)
     run = config.run or Path(config.checkpoints).resolve().name
-    print(f"analyzing {len(checkpoints)} checkpoint(s) of run {run!r} with probes {', '.join(selected)} "
-          f"into {config.store}", file=sys.stderr)
+    from contextlib import nullcontext
+
+    from landscape.distributed import is_active, is_main, world_size
+
+    ranks = f" on {world_size()} ranks (--shard {args.shard})" if is_active() else ""
+    if is_main():
+        print(f"analyzing {len(checkpoints)} checkpoint(s) of run {run!r} with probes {', '.join(selected)} "
+              f"into {config.store}{ranks}", file=sys.stderr)
     started = time.perf_counter()
-    with Store(config.store) as store:
+    # Under torchrun rank 0 alone opens and writes the store; the other ranks compute alongside it.
+    with Store(config.store) if is_main() else nullcontext(None) as store:
         report = execute_run(plan, store=store, run=run, lr=config.lr, recompute=args.recompute, reuse=args.reuse,
-                             unsafe=config.unsafe_pickle, progress=not args.quiet)
+                             unsafe=config.unsafe_pickle, progress=not args.quiet and is_main(), shard=args.shard)
+    if not is_main():
+        return EXIT_FAILED if report.errors else EXIT_OK
     return _report(report, started, config.store)
 
 
@@ -486,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep stored results of the same probe and params even when computed from other data, "
                               "loss, model factory, probe version or checkpoint file (said in a note)")
     analyze.add_argument("--quiet", action="store_true", help="no progress bars")
+    analyze.add_argument("--shard", choices=["data", "checkpoints"], default="data",
+                         help="under torchrun: split each checkpoint's samples among the ranks (data, default) or "
+                              "give each rank whole checkpoints (checkpoints)")
     analyze.set_defaults(func=cmd_analyze)
 
     dash = sub.add_parser("dashboard", help="serve the web dashboard for one or more stores")

@@ -179,16 +179,26 @@ def run_probes(
                        progress=progress, log=log, lease_ttl=lease_ttl)
 
 
-def execute_run(plan: RunPlan, *, store: Store, run: str, lr: float | None = None, recompute: bool = False,
+def execute_run(plan: RunPlan, *, store: Store | None, run: str, lr: float | None = None, recompute: bool = False,
                 reuse: bool = False, unsafe: bool = False, progress: bool = True,
                 log: Callable[[str], None] | None = None, lease_ttl: float = DEFAULT_TTL,
-                poll_seconds: float = 0.5) -> RunReport:
+                poll_seconds: float = 0.5, shard: str = "data") -> RunReport:
     """Measure what ``plan`` asks for into ``store``.
 
     A result is skipped when stored for the same probe, params, probe version, data, loss, model factory
     and checkpoint file; ``recompute`` measures everything again; ``reuse`` keeps any stored result of the
-    same probe and params whatever it was computed from (said in a note).
+    same probe and params whatever it was computed from (said in a note). Inside a process group of
+    several ranks (``torchrun``) the ranks share the work as ``shard`` says (``"data"`` or
+    ``"checkpoints"``, :mod:`landscape.distributed.sweep`) and only rank 0 uses ``store`` (None elsewhere).
     """
+    from landscape.distributed import is_active
+
+    if is_active():  # launched by torchrun (or inside a process group): share the work among the ranks
+        from landscape.distributed.sweep import execute_distributed
+
+        return execute_distributed(plan, store=store, run=run, shard=shard, emit=log, lr=lr, recompute=recompute,
+                                   reuse=reuse, unsafe=unsafe, progress=progress, lease_ttl=lease_ttl,
+                                   poll_seconds=poll_seconds)
     execution = _Execution(plan, store, run, lr, recompute, reuse, unsafe, progress,
                            log or (lambda text: print(text, file=sys.stderr)), Leases(store, lease_ttl), poll_seconds)
     return execution.run()
@@ -274,7 +284,7 @@ class _Execution:
         if not mine:
             return
         try:
-            load_into(plan.model, read_state_dict(checkpoint.path, unsafe=self.unsafe), checkpoint.path)
+            self._load(checkpoint)
         except CheckpointError as error:
             self._checkpoint_error(checkpoint, mine, str(error), release=True)
             return
@@ -282,8 +292,7 @@ class _Execution:
         step_lr = _learning_rate(self.lr, checkpoint, self.unsafe)
         if step_lr is not None and self.lr is None:
             self.store.add_run(self.run_name, {"lr": step_lr})
-        wants_optimizer = any(getattr(plan.probes[n], "uses_optimizer_state", False) for n in mine)
-        optimizer_state = self._optimizer_state(checkpoint) if wants_optimizer else None
+        optimizer_state = self._optimizer_state(checkpoint) if _wants_optimizer(plan, mine) else None
         if not self.costs_shown:
             self.costs_shown = True
             _print_costs(self.emit, {n: plan.probes[n] for n in mine}, plan.params, plan.model, plan.train,
@@ -294,6 +303,10 @@ class _Execution:
             self._run_one(name, checkpoint, digest, step_lr, optimizer_state)
             self.bar.update(1)
         self.timing.done(plan.checkpoints.index(checkpoint))
+
+    def _load(self, checkpoint: Checkpoint) -> None:
+        """Load the checkpoint's weights into the plan's model (a :class:`CheckpointError` if it cannot)."""
+        load_into(self.plan.model, read_state_dict(checkpoint.path, unsafe=self.unsafe), checkpoint.path)
 
     def _checkpoint_error(self, checkpoint: Checkpoint, names: list[str], message: str, release: bool) -> None:
         self.report.errors.append(message)
@@ -313,28 +326,21 @@ class _Execution:
 
     def _run_one(self, name: str, checkpoint: Checkpoint, digest: str, lr: float | None,
                  optimizer_state: SavedOptimizer | None = None) -> None:
-        from landscape.probe import ProbeContext
+        partial = self.store.partial(self.run_name, checkpoint.step, name, self.plan.hashes[name])
+        self._record(name, checkpoint, digest,
+                     compute_one(self.plan, name, checkpoint, lr, optimizer_state, partial=partial,
+                                 progress=self.progress, unsafe=self.unsafe, run=self.run_name))
 
-        plan, device, chash = self.plan, self.plan.device, self.plan.hashes[name]
-        ctx = ProbeContext(
-            model=plan.model, loss_fn=plan.loss_fn, train=plan.train, test=plan.test, device=device,
-            step=checkpoint.step, run=self.run_name, checkpoints=list(plan.checkpoints),
-            load_state=lambda c: read_state_dict(c.path, unsafe=self.unsafe, map_location=device),
-            lr=lr, partial=self.store.partial(self.run_name, checkpoint.step, name, chash), progress=self.progress,
-            optimizer_state=optimizer_state,
-        )
-        try:
-            with preserved(plan.model):
-                result = plan.probes[name].run(ctx, **plan.params[name])
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:  # one failing probe must not stop the others; every error is reported.
-            message = f"probe {name!r} failed at step {checkpoint.step}: {type(error).__name__}: {error}"
-            self.report.errors.append(message)
-            self.store.write_error(self.run_name, checkpoint.step, name, message + "\n" +
-                                   traceback.format_exc(limit=6), config=chash, owner=self.leases.owner)
-            self.emit(f"error: {message}")
+    def _record(self, name: str, checkpoint: Checkpoint, digest: str, outcome: Outcome) -> None:
+        """Write one probe's result, or its error, in one transaction (the lease is released with it)."""
+        plan, chash = self.plan, self.plan.hashes[name]
+        if outcome.result is None:
+            self.report.errors.append(outcome.error)
+            self.store.write_error(self.run_name, checkpoint.step, name, outcome.error + "\n" + outcome.trace,
+                                   config=chash, owner=self.leases.owner)
+            self.emit(f"error: {outcome.error}")
             return
+        result = outcome.result
         self.store.write_result(self.run_name, checkpoint.step, name, result, config=chash,
                                 params_hash=plan.params_hashes[name], inputs=plan.inputs[name],
                                 checkpoint_sha256=digest)
@@ -375,6 +381,47 @@ class _Execution:
         if self.report.reused:
             self.emit(f"note: --reuse kept {self.report.reused} stored result(s) computed from other inputs "
                       "(other data, loss, model factory, probe version or checkpoint file); see `landscape ls`.")
+
+
+@dataclass
+class Outcome:
+    """One probe at one checkpoint: its result, or the error it raised (message and short traceback)."""
+
+    result: Any = None
+    error: str = ""
+    trace: str = ""
+
+
+def compute_one(plan: RunPlan, name: str, checkpoint: Checkpoint, lr: float | None,
+                optimizer_state: SavedOptimizer | None, *, partial: Any, progress: bool, unsafe: bool,
+                run: str) -> Outcome:
+    """Run probe ``name`` on the model as loaded from ``checkpoint``; nothing is written.
+
+    A probe's own failure becomes an :class:`Outcome` with its error (the run goes on); an interrupt, or a
+    lost rank of a process group (:class:`~landscape.distributed.DistributedError`), propagates.
+    """
+    from landscape.distributed import DistributedError
+    from landscape.probe import ProbeContext
+
+    device = plan.device
+    ctx = ProbeContext(
+        model=plan.model, loss_fn=plan.loss_fn, train=plan.train, test=plan.test, device=device,
+        step=checkpoint.step, run=run, checkpoints=list(plan.checkpoints),
+        load_state=lambda c: read_state_dict(c.path, unsafe=unsafe, map_location=device),
+        lr=lr, partial=partial, progress=progress, optimizer_state=optimizer_state,
+    )
+    try:
+        with preserved(plan.model):
+            return Outcome(plan.probes[name].run(ctx, **plan.params[name]))
+    except (KeyboardInterrupt, DistributedError):
+        raise
+    except Exception as error:  # one failing probe must not stop the others; every error is reported.
+        message = f"probe {name!r} failed at step {checkpoint.step}: {type(error).__name__}: {error}"
+        return Outcome(None, message, traceback.format_exc(limit=6))
+
+
+def _wants_optimizer(plan: RunPlan, names: Sequence[str]) -> bool:
+    return any(getattr(plan.probes[n], "uses_optimizer_state", False) for n in names)
 
 
 def _learning_rate(lr: float | None, checkpoint: Checkpoint, unsafe: bool) -> float | None:
@@ -445,16 +492,3 @@ def _print_costs(emit: Callable[[str], None], selected: Mapping[str, Any], resol
     for line in describe_costs(costs, n_params, n_samples, n_checkpoints):
         emit(line)
 
-
-def _print_costs(emit: Callable[[str], None], selected: Mapping[str, Any], resolved: Mapping[str, Mapping[str, Any]],
-                 model: nn.Module, train: Batches, n_checkpoints: int) -> None:
-    from landscape.params import parameter_count
-    from landscape.presets import describe_costs
-
-    n_params, n_samples = parameter_count(model), train.n_samples
-    costs = {}
-    for name, probe in selected.items():
-        estimate = getattr(probe, "cost", None)
-        costs[name] = estimate(dict(resolved[name]), n_params, n_samples) if callable(estimate) else None
-    for line in describe_costs(costs, n_params, n_samples, n_checkpoints):
-        emit(line)
