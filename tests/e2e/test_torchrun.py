@@ -48,7 +48,7 @@ USER = textwrap.dedent(
         return nn.functional.cross_entropy(outputs, targets)
     """
 )
-PROBES = "hessian,slices,metrics"
+PROBES = "metrics,grokking,sharpness,hessian,noise,collapse,slices,weights"  # every registered probe
 
 
 @pytest.fixture()
