@@ -104,7 +104,7 @@ def _eigenvalues(sv: torch.Tensor, matrix: WeightMatrix, esd_scale: str) -> np.n
 
 def _nonfinite(matrix: WeightMatrix) -> str | None:
     stack = matrix.stack
-    if bool(torch.isfinite(stack).all()):
+    if math.isfinite(float(stack.sum(dtype=torch.float64))):  # one pass: NaN or ±Inf anywhere spoils the sum
         return None
     nans, infs = int(torch.isnan(stack).sum()), int(torch.isinf(stack).sum())
     return f"non-finite weights in {matrix.parameter} ({nans} NaN, {infs} Inf entries)"
@@ -166,12 +166,11 @@ def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False
     rand_values: dict[int, torch.Tensor] = {}
     rand_var: dict[int, float] = {}
     if randomize and good:
-        generator = torch.Generator().manual_seed(int(seed))
-        shuffled = [permuted(found[i].stack, generator) for i in good]
-        rand_values = dict(zip(good, singular_values(shuffled, device=where, solver=solver)))
-        for i in good:
-            variance = float(found[i].stack.double().var(unbiased=False))
-            rand_var[i] = variance  # the MP scale of the permuted matrix, on the σ²/N scale
+        rng = np.random.default_rng(int(seed))
+        shuffled = {i: permuted(found[i].stack, rng) for i in good}
+        rand_values = dict(zip(good, singular_values(list(shuffled.values()), device=where, solver=solver)))
+        # The MP scale of the permuted matrix (σ²/N scale): the entries' variance, from the float64 copy.
+        rand_var = {i: float(shuffled[i].var(unbiased=False)) for i in good}
     rows, spectra = [], {}
     for i, matrix in enumerate(found):
         evals = None if i not in values else _eigenvalues(values[i], matrix, esd_scale)
