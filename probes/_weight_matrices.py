@@ -159,14 +159,15 @@ def _solve(batch: torch.Tensor, solver: str) -> torch.Tensor:
 
 
 def singular_values(stacks: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype = torch.float64,
-                    solver: str = "svdvals") -> list[torch.Tensor]:
+                    solver: str = "gram") -> list[torch.Tensor]:
     """Singular values of each ``(B, rows, cols)`` stack, as ``(B, min(rows, cols))`` tensors.
 
     Stacks of the same matrix shape (up to transposition) are concatenated and sent to the solver together
     (in batches of at most ``2**25`` entries), so a transformer's many equal-shaped projections cost a few
-    calls. ``solver="svdvals"`` is ``torch.linalg.svdvals``; ``"gram"`` takes the eigenvalues of ``WᵀW``
-    (``torch.linalg.eigvalsh``, float64): the same ``σ²`` up to ``~1e-16·σ_max²`` absolute, which only
-    blurs eigenvalues already below the zero threshold, and 2–4× faster on a CPU for large matrices.
+    calls. ``solver="gram"`` (the default) takes the eigenvalues of ``WᵀW`` in float64 (numpy's BLAS and
+    LAPACK on a CPU, ``torch.linalg.eigvalsh`` elsewhere): the same ``σ²`` up to ``~1e-16·σ_max²``
+    absolute, which only blurs eigenvalues already below the zero threshold, and 2–5× faster than an SVD
+    on a CPU. ``solver="svdvals"`` is ``torch.linalg.svdvals``, relatively accurate for every ``σ``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")

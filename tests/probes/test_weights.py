@@ -243,15 +243,59 @@ def test_attention_embeddings_and_hf_conv1d():
 def test_gram_solver_gives_the_same_spectrum():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(96, 300), nn.Conv2d(16, 24, 3), nn.Linear(300, 40))
-    for name in ("0", "1", "2"):
-        exact = weights.esd(model, name)
-        gram = weights.esd(model, name, solver="gram")
+    for name in ("0", "1", "2"):  # tall, a batch of kernel slices, wide (read through a transposed view)
+        exact = weights.esd(model, name, solver="svdvals")
+        gram = weights.esd(model, name)
         np.testing.assert_allclose(gram, exact, rtol=1e-9, atol=1e-14 * exact.max())
-    a, b = weights.layer_spectra(model), weights.layer_spectra(model, solver="gram")
+    a, b = weights.layer_spectra(model, solver="svdvals"), weights.layer_spectra(model)
     np.testing.assert_allclose(a.alpha, b.alpha, rtol=1e-8)
-    assert list(a.n_spikes) == list(b.n_spikes)
+    assert list(a.n_spikes) == list(b.n_spikes) and list(a.n_traps) == list(b.n_traps)
     with pytest.raises(ValueError, match="solver must be one of"):
         weights.esd(model, "0", solver="qr")
+
+
+def test_numpy_gram_route_equals_torch_eigvalsh_on_strided_batches():
+    from probes._weight_matrices import _gram_eigenvalues_cpu
+
+    torch.manual_seed(0)
+    for batch in (torch.randn(1, 40, 300, dtype=torch.float64).transpose(1, 2),  # a transposed view
+                  torch.randn(9, 64, 24, dtype=torch.float64),  # many small ones
+                  torch.randn(3, 500, 300, dtype=torch.float64)):  # above the one-thread size
+        expected = torch.linalg.eigvalsh(batch.transpose(1, 2) @ batch)
+        got = _gram_eigenvalues_cpu(batch)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12 * float(expected.max()))
+
+
+def test_rank_deficient_layer_fits_the_same_with_either_solver():
+    rng = np.random.default_rng(0)
+    low_rank = (rng.standard_normal((400, 60)) @ rng.standard_normal((60, 200))) / 20  # rank 60 of 200
+    model = _linear_with(low_rank)
+    exact = weights.layer_spectra(model, solver="svdvals", randomize=False).iloc[0]
+    gram = weights.layer_spectra(model, randomize=False).iloc[0]
+    assert gram.valid and gram.n_tail == exact.n_tail <= 60  # rounding-level eigenvalues stay out of the fit
+    assert gram.alpha == pytest.approx(exact.alpha, rel=1e-9)
+    assert gram.n_spikes == exact.n_spikes == 60  # over a bulk of zeros, whatever size their rounding has
+
+
+def test_permuted_keeps_the_entries_and_follows_the_seed():
+    from probes._weight_matrices import permuted
+
+    stack = torch.randn(9, 24, 16, generator=torch.Generator().manual_seed(0))
+    first = permuted(stack, np.random.default_rng(3))
+    assert first.shape == stack.shape and first.dtype == torch.float64
+    torch.testing.assert_close(first.reshape(-1).sort().values, stack.double().reshape(-1).sort().values)
+    assert torch.equal(first, permuted(stack, np.random.default_rng(3)))
+    assert not torch.equal(first, permuted(stack, np.random.default_rng(4)))
+    assert not torch.equal(first, stack.double())
+
+
+def test_log_histogram_counts_every_positive_eigenvalue():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = np.sort(rng.lognormal(sigma=rng.uniform(0.1, 3.0), size=int(rng.integers(2, 300))))
+        edges, counts = weights.log_histogram(values, int(rng.integers(1, 80)))
+        assert counts.sum() == values.size and edges.size == counts.size + 1
 
 
 def test_esd_scale_none_is_sigma_squared_and_alpha_does_not_move():
