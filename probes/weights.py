@@ -106,7 +106,9 @@ def _eigenvalues(sv: torch.Tensor, matrix: WeightMatrix, esd_scale: str) -> np.n
 
 def _nonfinite(matrix: WeightMatrix) -> str | None:
     stack = matrix.stack
-    if math.isfinite(float(stack.sum(dtype=torch.float64))):  # one pass: NaN or ±Inf anywhere spoils the sum
+    # One pass in the weights' dtype: NaN or ±Inf anywhere spoils the sum; only a sum that overflows on
+    # finite weights takes the exact check.
+    if math.isfinite(float(stack.sum())) or bool(torch.isfinite(stack).all()):
         return None
     nans, infs = int(torch.isnan(stack).sum()), int(torch.isinf(stack).sum())
     return f"non-finite weights in {matrix.parameter} ({nans} NaN, {infs} Inf entries)"
