@@ -299,7 +299,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
-    epochs, repeats, rand_repeats = (3, 3, 1) if args.quick else (10, 5, 2)
+    epochs, repeats, rand_repeats = (3, 3, 1) if args.quick else (10, 3, 2)
     models: list[tuple[str, Callable[[], nn.Module], int]] = [
         ("MLP 64-512-512-256-10", lambda: train(make_mlp(), epochs), rand_repeats),
         ("CNN 3 conv + 2 linear", lambda: train(make_cnn(), epochs), rand_repeats),

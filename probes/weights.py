@@ -17,6 +17,8 @@ the scale, the norms shift by ``log10 N``. Per matrix:
 * ``mp_edge``: the Marchenko–Pastur bulk edge ``s²(1 + √(M/N))²``, with the bulk variance ``s²`` fitted
   robustly by matching the median of the bulk eigenvalues to the MP median (:mod:`probes._marchenko_pastur`);
   ``n_spikes``: eigenvalues above ``mp_threshold`` = the edge plus its Tracy–Widom margin at ``tw_level``.
+  Eigenvalues below ``1e-12·λ_max`` (rounding noise of exact zeros, whose size depends on the solver) count
+  as zero here and are left out of the power-law fit, so a rank-``r`` layer has ``r`` spikes either way.
 * Randomized ESD (``randomize=True``): the same entries permuted; its MP scale is their variance, known
   exactly. ``n_traps`` counts its eigenvalues above that MP threshold: a *correlation trap* (a few very
   large entries, or a large mean, that no permutation removes). ``rand_distance`` is the KS distance
