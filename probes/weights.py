@@ -75,6 +75,8 @@ COLUMNS = ("layer", "name", "kind", "matrix_shape", "n", "m", "n_matrices", "n_e
            "alpha_stderr", "xmin", "n_tail", "ks_distance", "alpha_hat", "spectral_norm", "log_spectral_norm",
            "log_norm", "stable_rank", "mp_scale", "mp_edge", "mp_threshold", "n_spikes", "rand_lambda_max",
            "rand_mp_edge", "n_traps", "trap", "rand_distance")
+_INT_COLUMNS = ("n", "m", "n_matrices", "n_evals", "n_tail", "n_spikes", "n_traps")
+_TEXT_COLUMNS = ("layer", "name", "kind", "matrix_shape", "message")
 
 
 def _check(conv: str, esd_scale: str, min_tail: int, tw_level: float, solver: str = "gram") -> None:
@@ -187,12 +189,23 @@ def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False
         rows.append(_row(matrix, evals, rand, rand_var.get(i), esd_scale=esd_scale, min_tail=int(min_tail), ks=ks,
                          tw_level=float(tw_level), message=problems[i]))
         spectra[matrix.name] = evals if evals is not None else np.full(matrix.count * matrix.m, np.nan)
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    for column in ("n", "m", "n_matrices", "n_evals", "n_tail", "n_spikes", "n_traps"):
-        table[column] = table[column].astype(np.int64)
-    table["valid"] = table["valid"].astype(bool)
-    table["trap"] = table["trap"].astype(bool)
-    return table, spectra
+    return _table(rows), spectra
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as a frame, each column built once in its dtype (no per-column conversion afterwards)."""
+    columns: dict[str, Any] = {}
+    for column in COLUMNS:
+        values = [row[column] for row in rows]
+        if column in _INT_COLUMNS:
+            columns[column] = np.asarray(values, dtype=np.int64)
+        elif column in ("valid", "trap"):
+            columns[column] = np.asarray(values, dtype=bool)
+        elif column in _TEXT_COLUMNS:
+            columns[column] = values
+        else:
+            columns[column] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(columns)
 
 
 def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = False, esd_scale: str = "N",

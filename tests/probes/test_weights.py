@@ -332,6 +332,19 @@ def test_bad_layers_are_marked_and_the_rest_go_on():
         weights.layer_spectra(model, esd_scale="M")
 
 
+def test_table_columns_have_their_dtypes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 120), nn.Linear(120, 5))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    table = weights.layer_spectra(model)
+    assert list(table.columns) == list(weights.COLUMNS)
+    assert all(table[c].dtype == np.int64 for c in ("n", "m", "n_matrices", "n_evals", "n_tail", "n_spikes", "n_traps"))
+    assert table.valid.dtype == bool and table.trap.dtype == bool and table.alpha.dtype == np.float64
+    assert not isinstance(table.message[0], str) and table.message[1].startswith("non-finite weights")
+    assert table.n_spikes[1] == -1 and math.isnan(table.rand_distance[1])
+
+
 def test_module_docstring_example_runs():
     assert doctest.testmod(weights).failed == 0
 
