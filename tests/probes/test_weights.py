@@ -242,8 +242,8 @@ def test_attention_embeddings_and_hf_conv1d():
 
 def test_gram_solver_gives_the_same_spectrum():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(96, 300), nn.Conv2d(16, 24, 3), nn.Linear(300, 40))
-    for name in ("0", "1", "2"):  # tall, a batch of kernel slices, wide (read through a transposed view)
+    model = nn.Sequential(nn.Linear(96, 300), nn.Conv2d(16, 24, 3), nn.Linear(300, 40), nn.Conv2d(1, 8, 3))
+    for name in ("0", "1", "2", "3"):  # tall, kernel slices, wide (a transposed view), slices of one column
         exact = weights.esd(model, name, solver="svdvals")
         gram = weights.esd(model, name)
         np.testing.assert_allclose(gram, exact, rtol=1e-9, atol=1e-14 * exact.max())
@@ -255,16 +255,27 @@ def test_gram_solver_gives_the_same_spectrum():
 
 
 def test_numpy_gram_route_equals_torch_eigvalsh_on_strided_batches():
-    from probes._weight_matrices import _gram_eigenvalues_cpu
+    from probes._weight_matrices import _gram_eigenvalues_host
 
     torch.manual_seed(0)
     for batch in (torch.randn(1, 40, 300, dtype=torch.float64).transpose(1, 2),  # a transposed view
                   torch.randn(9, 64, 24, dtype=torch.float64),  # many small ones
                   torch.randn(3, 500, 300, dtype=torch.float64)):  # above the one-thread size
-        expected = torch.linalg.eigvalsh(batch.transpose(1, 2) @ batch)
-        got = _gram_eigenvalues_cpu(batch)
+        expected = torch.linalg.eigvalsh(batch.transpose(1, 2) @ batch).numpy()
+        got = _gram_eigenvalues_host(batch.numpy())
         assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12 * float(expected.max()))
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12 * float(expected.max()))
+
+
+def test_half_precision_weights_give_the_spectrum_of_their_values():
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        model = nn.Sequential(nn.Linear(48, 160), nn.Conv2d(8, 12, 3)).to(dtype)
+        for name in ("0", "1"):
+            exact = weights.esd(model.float(), name, solver="svdvals")
+            np.testing.assert_allclose(weights.esd(model.to(dtype), name), exact, rtol=1e-9,
+                                       atol=1e-14 * exact.max())
+        assert weights.layer_spectra(model).valid.all()
 
 
 def test_rank_deficient_layer_fits_the_same_with_either_solver():
