@@ -224,7 +224,7 @@ def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = 
     distance) or ``"lower"`` (WeightWatcher's). ``min_tail``: fewest eigenvalues a fitted tail may have.
     ``tw_level``: confidence of the Tracy–Widom margin. ``seed``: the randomized ESD's permutation.
     ``solver``: ``"gram"`` (eigenvalues of ``WᵀW`` in float64, the faster) or ``"svdvals"`` (see
-    :func:`probes._weight_matrices.singular_values`). ``device``: where the SVDs run (default: the weights').
+    :func:`probes._weight_matrices.singular_values`). ``device``: where the solves run (default: the weights').
     """
     table, _ = _analyze(model, conv=conv, embeddings=embeddings, esd_scale=esd_scale, min_tail=min_tail, ks=ks,
                         randomize=randomize, tw_level=tw_level, seed=seed, device=device, solver=solver)
@@ -298,7 +298,7 @@ class WeightsProbe:
     }
 
     def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
-        """No pass over the data: one SVD per weight matrix (twice with ``randomize``)."""
+        """No pass over the data: one dense eigensolve per weight matrix (twice with ``randomize``)."""
         return {}
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
