@@ -15,16 +15,22 @@ What counts as a weight matrix (one row of the spectra table each):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from landscape.krylov._linalg import single_threaded
 
 CONV_MODES = ("slices", "reshape")
 SOLVERS = ("svdvals", "gram")
 _BATCH_ELEMENTS = 1 << 25  # entries per batched SVD call (256 MiB in float64)
+_TINY_SIDE = 256  # Gram matrices up to this side are solved on one BLAS thread,
+_TINY_PRODUCT = 1 << 24  # and formed on one when their product takes at most this many multiply-adds
 
 
 @dataclass
@@ -127,23 +133,64 @@ def compute_device(device: torch.device | str | None, matrices: list[WeightMatri
     return torch.device("cpu") if chosen.type == "mps" else chosen
 
 
+def _host_array(part: torch.Tensor) -> np.ndarray:
+    """A tensor's entries as a CPU numpy array (a view where possible; bfloat16, which numpy lacks, as float32)."""
+    part = part.detach().cpu()
+    return (part.float() if part.dtype == torch.bfloat16 else part).numpy()
+
+
+def _joined_host(parts: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
+    """One ``(B, n, m)`` numpy batch in ``dtype``, converted by numpy: torch's own conversion of a large
+    tensor starts its OpenMP workers, which then contend with the BLAS threads of the solve that follows.
+    A lone part keeps its strides (a transposed weight stays a view, which BLAS reads as it is)."""
+    target = torch.empty(0, dtype=dtype).numpy().dtype
+    arrays = [_host_array(p) for p in parts]
+    return arrays[0].astype(target, copy=False) if len(arrays) == 1 else np.concatenate(arrays, dtype=target)
+
+
+def _gram_eigenvalues_host(array: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of ``WᵀW`` for a ``(B, n, m)`` numpy batch, through numpy's BLAS and LAPACK.
+
+    numpy turns ``a.T @ a`` into a symmetric rank-k update (half the multiply-adds of a general product)
+    and its ``eigvalsh`` takes a whole stack in one call; both beat the same steps through torch on a CPU.
+    Small products and Gram matrices of at most ``_TINY_SIDE`` columns run on one BLAS thread: for them
+    waking threads costs more than the work.
+    """
+    count, rows, cols = array.shape
+    tiny = cols <= _TINY_SIDE
+    with single_threaded() if tiny and rows * cols * cols <= _TINY_PRODUCT else contextlib.nullcontext():
+        gram = array[0].T @ array[0] if count == 1 else np.matmul(array.transpose(0, 2, 1), array)
+    with single_threaded() if tiny else contextlib.nullcontext():
+        values = np.linalg.eigvalsh(gram)
+    return values.reshape(count, cols)
+
+
+def _solve_host(array: np.ndarray, solver: str) -> torch.Tensor:
+    """Singular values (descending) of a CPU ``(B, n, m)`` batch of tall matrices."""
+    if solver == "svdvals":
+        return torch.linalg.svdvals(torch.from_numpy(array))
+    values = np.sqrt(np.clip(_gram_eigenvalues_host(array), 0.0, None))
+    return torch.from_numpy(values[:, ::-1].copy())  # a copy: torch takes no negative strides
+
+
 def _solve(batch: torch.Tensor, solver: str) -> torch.Tensor:
-    """Singular values (descending) of a ``(B, n, m)`` batch of tall matrices."""
+    """Singular values (descending) of a ``(B, n, m)`` batch of tall matrices on an accelerator."""
     if solver == "svdvals":
         return torch.linalg.svdvals(batch)
-    gram = batch.transpose(1, 2) @ batch  # (B, m, m), accumulated in the batch's float64
-    return torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt().flip(-1)
+    values = torch.linalg.eigvalsh(batch.transpose(1, 2) @ batch)  # (B, m, m), in the batch's dtype
+    return values.clamp_min(0.0).sqrt().flip(-1)
 
 
 def singular_values(stacks: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype = torch.float64,
-                    solver: str = "svdvals") -> list[torch.Tensor]:
+                    solver: str = "gram") -> list[torch.Tensor]:
     """Singular values of each ``(B, rows, cols)`` stack, as ``(B, min(rows, cols))`` tensors.
 
     Stacks of the same matrix shape (up to transposition) are concatenated and sent to the solver together
     (in batches of at most ``2**25`` entries), so a transformer's many equal-shaped projections cost a few
-    calls. ``solver="svdvals"`` is ``torch.linalg.svdvals``; ``"gram"`` takes the eigenvalues of ``WᵀW``
-    (``torch.linalg.eigvalsh``, float64): the same ``σ²`` up to ``~1e-16·σ_max²`` absolute, which only
-    blurs eigenvalues already below the zero threshold, and 2–4× faster on a CPU for large matrices.
+    calls. ``solver="gram"`` (the default) takes the eigenvalues of ``WᵀW`` in float64 (numpy's BLAS and
+    LAPACK on a CPU, ``torch.linalg.eigvalsh`` elsewhere): the same ``σ²`` up to ``~1e-16·σ_max²``
+    absolute, which only blurs eigenvalues already below the zero threshold, and 2–5× faster than an SVD
+    on a CPU. ``solver="svdvals"`` is ``torch.linalg.svdvals``, relatively accurate for every ``σ``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")
@@ -165,8 +212,10 @@ def singular_values(stacks: list[torch.Tensor], *, device: torch.device, dtype: 
                 filled = 0
             batches[-1].append(part)
             filled += int(part.shape[0])
-        pieces = [_solve(torch.cat([p.to(device=device, dtype=dtype) for p in batch]).contiguous(), solver).cpu()
-                  for batch in batches]
+        if device.type == "cpu":
+            pieces = [_solve_host(_joined_host(batch, dtype), solver) for batch in batches]
+        else:
+            pieces = [_solve(_joined(batch, device, dtype), solver).cpu() for batch in batches]
         values = torch.cat(pieces)
         offset = 0
         for index in members:
@@ -177,13 +226,23 @@ def singular_values(stacks: list[torch.Tensor], *, device: torch.device, dtype: 
     return results  # type: ignore[return-value]
 
 
-def permuted(stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The same entries in a random order over the whole stack (every slice of a conv kernel together).
+def _joined(parts: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One ``(B, n, m)`` batch on ``device`` in ``dtype``. A lone part keeps its strides: a transposed weight
+    stays a view, which the solvers read as it is (copying it to row-major order costs more than the Gram)."""
+    if len(parts) == 1:
+        return parts[0].to(device=device, dtype=dtype)
+    return torch.cat([p.to(device=device, dtype=dtype) for p in parts])
+
+
+def permuted(stack: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """The same entries in a random order over the whole stack (every slice of a conv kernel together),
+    as a float64 CPU tensor.
 
     Permuting destroys all correlations between entries and keeps their distribution, so the result's
     ESD is the Marchenko–Pastur law of that entry variance unless single entries are large (a
-    correlation trap) or the mean is far from zero.
+    correlation trap) or the mean is far from zero. The float64 copy the solver needs anyway is shuffled
+    in place (Fisher–Yates): half the memory traffic of gathering through a permutation index.
     """
-    flat = stack.reshape(-1)
-    order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
-    return flat[order].reshape(stack.shape)
+    flat = np.array(_host_array(stack), dtype=np.float64, order="C").reshape(-1)  # a copy, in row-major order
+    rng.shuffle(flat)
+    return torch.from_numpy(flat.reshape(tuple(stack.shape)))

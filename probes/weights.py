@@ -2,8 +2,10 @@
 
 For every weight matrix ``W`` (``N × M``, ``N ≥ M``; which modules count, and how conv kernels are handled,
 is in :mod:`probes._weight_matrices`) the ESD is the ``M`` eigenvalues ``λ = σ²/N`` of ``WᵀW/N``, from the
-singular values ``σ`` (``torch.linalg.svdvals`` in float64 on the model's device, equal shapes batched;
-``solver="gram"`` takes the float64 eigenvalues of ``WᵀW`` instead, faster on a CPU).
+eigenvalues of ``WᵀW`` in float64 (``solver="gram"``, the default: a symmetric rank-k update and a
+symmetric eigensolver, 2–5× faster than an SVD on a CPU; equal shapes batched) or from the singular values
+``σ`` (``solver="svdvals"``: ``torch.linalg.svdvals``, relatively accurate even for ``σ`` far below
+``σ_max``, where the Gram route carries an absolute error of ~1e-16·λ_max).
 ``esd_scale="none"`` keeps ``λ = σ²``, WeightWatcher's convention; the exponent ``alpha`` does not depend on
 the scale, the norms shift by ``log10 N``. Per matrix:
 
@@ -15,6 +17,8 @@ the scale, the norms shift by ``log10 N``. Per matrix:
 * ``mp_edge``: the Marchenko–Pastur bulk edge ``s²(1 + √(M/N))²``, with the bulk variance ``s²`` fitted
   robustly by matching the median of the bulk eigenvalues to the MP median (:mod:`probes._marchenko_pastur`);
   ``n_spikes``: eigenvalues above ``mp_threshold`` = the edge plus its Tracy–Widom margin at ``tw_level``.
+  Eigenvalues below ``1e-12·λ_max`` (rounding noise of exact zeros, whose size depends on the solver) count
+  as zero here and are left out of the power-law fit, so a rank-``r`` layer has ``r`` spikes either way.
 * Randomized ESD (``randomize=True``): the same entries permuted; its MP scale is their variance, known
   exactly. ``n_traps`` counts its eigenvalues above that MP threshold: a *correlation trap* (a few very
   large entries, or a large mean, that no permutation removes). ``rand_distance`` is the KS distance
@@ -71,9 +75,11 @@ COLUMNS = ("layer", "name", "kind", "matrix_shape", "n", "m", "n_matrices", "n_e
            "alpha_stderr", "xmin", "n_tail", "ks_distance", "alpha_hat", "spectral_norm", "log_spectral_norm",
            "log_norm", "stable_rank", "mp_scale", "mp_edge", "mp_threshold", "n_spikes", "rand_lambda_max",
            "rand_mp_edge", "n_traps", "trap", "rand_distance")
+_INT_COLUMNS = ("n", "m", "n_matrices", "n_evals", "n_tail", "n_spikes", "n_traps")
+_TEXT_COLUMNS = ("layer", "name", "kind", "matrix_shape", "message")
 
 
-def _check(conv: str, esd_scale: str, min_tail: int, tw_level: float, solver: str = "svdvals") -> None:
+def _check(conv: str, esd_scale: str, min_tail: int, tw_level: float, solver: str = "gram") -> None:
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")
     if conv not in CONV_MODES:
@@ -104,7 +110,13 @@ def _eigenvalues(sv: torch.Tensor, matrix: WeightMatrix, esd_scale: str) -> np.n
 
 def _nonfinite(matrix: WeightMatrix) -> str | None:
     stack = matrix.stack
-    if bool(torch.isfinite(stack).all()):
+    # One pass in the weights' dtype: NaN or ±Inf anywhere spoils the sum; only a sum that overflows on
+    # finite weights takes the exact check. On a CPU numpy does it, without waking torch's thread pool.
+    if stack.device.type == "cpu" and stack.dtype != torch.bfloat16:
+        array = stack.numpy()
+        if math.isfinite(float(array.sum())) or bool(np.isfinite(array).all()):
+            return None
+    elif math.isfinite(float(stack.sum())) or bool(torch.isfinite(stack).all()):
         return None
     nans, infs = int(torch.isnan(stack).sum()), int(torch.isinf(stack).sum())
     return f"non-finite weights in {matrix.parameter} ({nans} NaN, {infs} Inf entries)"
@@ -135,7 +147,10 @@ def _row(matrix: WeightMatrix, evals: np.ndarray | None, rand: np.ndarray | None
     row.update(spectral_norm=top, log_spectral_norm=math.log10(top), log_norm=math.log10(total),
                stable_rank=total / top)
     scale_n = matrix.n if esd_scale == "none" else 1
-    bulk = mp.fit_bulk(evals / scale_n, matrix.n, matrix.m, level=tw_level, n_matrices=matrix.count)
+    # Rounding noise of exact zeros (its size depends on the solver) counts as zero, for the bulk as for the fit.
+    positive = evals > top * ZERO_RTOL
+    cleaned = np.where(positive, evals, 0.0)
+    bulk = mp.fit_bulk(cleaned / scale_n, matrix.n, matrix.m, level=tw_level, n_matrices=matrix.count)
     row.update(mp_scale=bulk.scale * scale_n, mp_edge=bulk.edge * scale_n, mp_threshold=bulk.threshold * scale_n,
                n_spikes=bulk.n_spikes)
     if rand is not None and rand_var is not None:
@@ -143,7 +158,7 @@ def _row(matrix: WeightMatrix, evals: np.ndarray | None, rand: np.ndarray | None
         n_traps = int(np.count_nonzero(rand / scale_n > threshold))
         row.update(rand_lambda_max=float(rand[-1]), rand_mp_edge=edge * scale_n, n_traps=n_traps, trap=n_traps > 0,
                    rand_distance=_ks_two_sample(evals, rand))
-    fit = fit_power_law(evals[evals > top * ZERO_RTOL], min_tail=min_tail, ks=ks)
+    fit = fit_power_law(evals[positive], min_tail=min_tail, ks=ks)
     if not fit.ok:
         row["message"] = fit.message
         return row
@@ -154,7 +169,7 @@ def _row(matrix: WeightMatrix, evals: np.ndarray | None, rand: np.ndarray | None
 
 def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False, esd_scale: str = "N",
              min_tail: int = 10, ks: str = "two_sided", randomize: bool = True, tw_level: float = 0.99,
-             seed: int = 0, device: torch.device | str | None = None, solver: str = "svdvals",
+             seed: int = 0, device: torch.device | str | None = None, solver: str = "gram",
              ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The spectra table and each row's ESD (by row ``name``)."""
     _check(conv, esd_scale, min_tail, tw_level, solver)
@@ -166,12 +181,11 @@ def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False
     rand_values: dict[int, torch.Tensor] = {}
     rand_var: dict[int, float] = {}
     if randomize and good:
-        generator = torch.Generator().manual_seed(int(seed))
-        shuffled = [permuted(found[i].stack, generator) for i in good]
-        rand_values = dict(zip(good, singular_values(shuffled, device=where, solver=solver)))
-        for i in good:
-            variance = float(found[i].stack.double().var(unbiased=False))
-            rand_var[i] = variance  # the MP scale of the permuted matrix, on the σ²/N scale
+        rng = np.random.default_rng(int(seed))
+        shuffled = {i: permuted(found[i].stack, rng) for i in good}
+        rand_values = dict(zip(good, singular_values(list(shuffled.values()), device=where, solver=solver)))
+        # The MP scale of the permuted matrix (σ²/N scale): the entries' variance, from the float64 copy.
+        rand_var = {i: float(shuffled[i].numpy().var()) for i in good}
     rows, spectra = [], {}
     for i, matrix in enumerate(found):
         evals = None if i not in values else _eigenvalues(values[i], matrix, esd_scale)
@@ -179,17 +193,28 @@ def _analyze(model: nn.Module, *, conv: str = "slices", embeddings: bool = False
         rows.append(_row(matrix, evals, rand, rand_var.get(i), esd_scale=esd_scale, min_tail=int(min_tail), ks=ks,
                          tw_level=float(tw_level), message=problems[i]))
         spectra[matrix.name] = evals if evals is not None else np.full(matrix.count * matrix.m, np.nan)
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    for column in ("n", "m", "n_matrices", "n_evals", "n_tail", "n_spikes", "n_traps"):
-        table[column] = table[column].astype(np.int64)
-    table["valid"] = table["valid"].astype(bool)
-    table["trap"] = table["trap"].astype(bool)
-    return table, spectra
+    return _table(rows), spectra
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as a frame, each column built once in its dtype (no per-column conversion afterwards)."""
+    columns: dict[str, Any] = {}
+    for column in COLUMNS:
+        values = [row[column] for row in rows]
+        if column in _INT_COLUMNS:
+            columns[column] = np.asarray(values, dtype=np.int64)
+        elif column in ("valid", "trap"):
+            columns[column] = np.asarray(values, dtype=bool)
+        elif column in _TEXT_COLUMNS:
+            columns[column] = values
+        else:
+            columns[column] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(columns)
 
 
 def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = False, esd_scale: str = "N",
                   min_tail: int = 10, ks: str = "two_sided", randomize: bool = True, tw_level: float = 0.99,
-                  seed: int = 0, device: torch.device | str | None = None, solver: str = "svdvals") -> pd.DataFrame:
+                  seed: int = 0, device: torch.device | str | None = None, solver: str = "gram") -> pd.DataFrame:
     """One row per weight matrix: ``layer`` (its module's name in ``named_modules()``), ``name`` (unique row
     id: the layer, ``"{layer}.q/k/v"`` for packed attention projections, ``"model"`` for the root), the
     metrics of the module docstring, ``valid`` and ``message``.
@@ -198,8 +223,8 @@ def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = 
     default), ``"reshape"`` uses one ``(out, in·prod(k))`` matrix. ``ks``: ``"two_sided"`` (exact KS
     distance) or ``"lower"`` (WeightWatcher's). ``min_tail``: fewest eigenvalues a fitted tail may have.
     ``tw_level``: confidence of the Tracy–Widom margin. ``seed``: the randomized ESD's permutation.
-    ``solver``: ``"svdvals"`` or ``"gram"`` (eigenvalues of ``WᵀW`` in float64, faster on a CPU; see
-    :func:`probes._weight_matrices.singular_values`). ``device``: where the SVDs run (default: the weights').
+    ``solver``: ``"gram"`` (eigenvalues of ``WᵀW`` in float64, the faster) or ``"svdvals"`` (see
+    :func:`probes._weight_matrices.singular_values`). ``device``: where the solves run (default: the weights').
     """
     table, _ = _analyze(model, conv=conv, embeddings=embeddings, esd_scale=esd_scale, min_tail=min_tail, ks=ks,
                         randomize=randomize, tw_level=tw_level, seed=seed, device=device, solver=solver)
@@ -207,7 +232,7 @@ def layer_spectra(model: nn.Module, *, conv: str = "slices", embeddings: bool = 
 
 
 def esd(model: nn.Module, layer: str, *, conv: str = "slices", esd_scale: str = "N",
-        device: torch.device | str | None = None, solver: str = "svdvals") -> np.ndarray:
+        device: torch.device | str | None = None, solver: str = "gram") -> np.ndarray:
     """The eigenvalues (ascending) of one weight matrix's ESD, chosen by row ``name`` or module name."""
     _check(conv, esd_scale, 2, 0.5, solver)
     found = list(weight_matrices(model, conv=conv, embeddings=True))
@@ -254,10 +279,11 @@ def log_histogram(evals: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]
     positive = values[np.isfinite(values) & (values > top * ZERO_RTOL)] if math.isfinite(top) and top > 0 else values[:0]
     if positive.size == 0:
         return np.full(bins + 1, np.nan), np.zeros(bins, dtype=np.int64)
-    lo, hi = math.log10(positive.min()), math.log10(positive.max())
+    logs = np.log10(positive)  # the range from these same logs: math.log10 may differ by an ulp and drop an end
+    lo, hi = float(logs.min()), float(logs.max())
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
-    counts, edges = np.histogram(np.log10(positive), bins=bins, range=(lo, hi))
+    counts, edges = np.histogram(logs, bins=bins, range=(lo, hi))
     return edges, counts.astype(np.int64)
 
 
@@ -268,11 +294,11 @@ class WeightsProbe:
     needs_data: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {
         "conv": "slices", "embeddings": False, "esd_scale": "N", "min_tail": 10, "ks": "two_sided",
-        "randomize": True, "tw_level": 0.99, "seed": 0, "bins": 60, "solver": "svdvals",
+        "randomize": True, "tw_level": 0.99, "seed": 0, "bins": 60, "solver": "gram",
     }
 
     def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
-        """No pass over the data: one SVD per weight matrix (twice with ``randomize``)."""
+        """No pass over the data: one dense eigensolve per weight matrix (twice with ``randomize``)."""
         return {}
 
     def run(self, ctx: ProbeContext, **params: Any) -> Result:

@@ -242,16 +242,71 @@ def test_attention_embeddings_and_hf_conv1d():
 
 def test_gram_solver_gives_the_same_spectrum():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(96, 300), nn.Conv2d(16, 24, 3), nn.Linear(300, 40))
-    for name in ("0", "1", "2"):
-        exact = weights.esd(model, name)
-        gram = weights.esd(model, name, solver="gram")
+    model = nn.Sequential(nn.Linear(96, 300), nn.Conv2d(16, 24, 3), nn.Linear(300, 40), nn.Conv2d(1, 8, 3))
+    for name in ("0", "1", "2", "3"):  # tall, kernel slices, wide (a transposed view), slices of one column
+        exact = weights.esd(model, name, solver="svdvals")
+        gram = weights.esd(model, name)
         np.testing.assert_allclose(gram, exact, rtol=1e-9, atol=1e-14 * exact.max())
-    a, b = weights.layer_spectra(model), weights.layer_spectra(model, solver="gram")
+    a, b = weights.layer_spectra(model, solver="svdvals"), weights.layer_spectra(model)
     np.testing.assert_allclose(a.alpha, b.alpha, rtol=1e-8)
-    assert list(a.n_spikes) == list(b.n_spikes)
+    assert list(a.n_spikes) == list(b.n_spikes) and list(a.n_traps) == list(b.n_traps)
     with pytest.raises(ValueError, match="solver must be one of"):
         weights.esd(model, "0", solver="qr")
+
+
+def test_numpy_gram_route_equals_torch_eigvalsh_on_strided_batches():
+    from probes._weight_matrices import _gram_eigenvalues_host
+
+    torch.manual_seed(0)
+    for batch in (torch.randn(1, 40, 300, dtype=torch.float64).transpose(1, 2),  # a transposed view
+                  torch.randn(9, 64, 24, dtype=torch.float64),  # many small ones
+                  torch.randn(3, 500, 300, dtype=torch.float64)):  # above the one-thread size
+        expected = torch.linalg.eigvalsh(batch.transpose(1, 2) @ batch).numpy()
+        got = _gram_eigenvalues_host(batch.numpy())
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12 * float(expected.max()))
+
+
+def test_half_precision_weights_give_the_spectrum_of_their_values():
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        model = nn.Sequential(nn.Linear(48, 160), nn.Conv2d(8, 12, 3)).to(dtype)
+        for name in ("0", "1"):
+            exact = weights.esd(model.float(), name, solver="svdvals")
+            np.testing.assert_allclose(weights.esd(model.to(dtype), name), exact, rtol=1e-9,
+                                       atol=1e-14 * exact.max())
+        assert weights.layer_spectra(model).valid.all()
+
+
+def test_rank_deficient_layer_fits_the_same_with_either_solver():
+    rng = np.random.default_rng(0)
+    low_rank = (rng.standard_normal((400, 60)) @ rng.standard_normal((60, 200))) / 20  # rank 60 of 200
+    model = _linear_with(low_rank)
+    exact = weights.layer_spectra(model, solver="svdvals", randomize=False).iloc[0]
+    gram = weights.layer_spectra(model, randomize=False).iloc[0]
+    assert gram.valid and gram.n_tail == exact.n_tail <= 60  # rounding-level eigenvalues stay out of the fit
+    assert gram.alpha == pytest.approx(exact.alpha, rel=1e-9)
+    assert gram.n_spikes == exact.n_spikes == 60  # over a bulk of zeros, whatever size their rounding has
+
+
+def test_permuted_keeps_the_entries_and_follows_the_seed():
+    from probes._weight_matrices import permuted
+
+    stack = torch.randn(9, 24, 16, generator=torch.Generator().manual_seed(0))
+    first = permuted(stack, np.random.default_rng(3))
+    assert first.shape == stack.shape and first.dtype == torch.float64
+    torch.testing.assert_close(first.reshape(-1).sort().values, stack.double().reshape(-1).sort().values)
+    assert torch.equal(first, permuted(stack, np.random.default_rng(3)))
+    assert not torch.equal(first, permuted(stack, np.random.default_rng(4)))
+    assert not torch.equal(first, stack.double())
+
+
+def test_log_histogram_counts_every_positive_eigenvalue():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = np.sort(rng.lognormal(sigma=rng.uniform(0.1, 3.0), size=int(rng.integers(2, 300))))
+        edges, counts = weights.log_histogram(values, int(rng.integers(1, 80)))
+        assert counts.sum() == values.size and edges.size == counts.size + 1
 
 
 def test_esd_scale_none_is_sigma_squared_and_alpha_does_not_move():
@@ -286,6 +341,19 @@ def test_bad_layers_are_marked_and_the_rest_go_on():
         weights.layer_spectra(nn.Sequential(nn.ReLU(), nn.LayerNorm(4)))
     with pytest.raises(ValueError, match="esd_scale must be one of"):
         weights.layer_spectra(model, esd_scale="M")
+
+
+def test_table_columns_have_their_dtypes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 120), nn.Linear(120, 5))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    table = weights.layer_spectra(model)
+    assert list(table.columns) == list(weights.COLUMNS)
+    assert all(table[c].dtype == np.int64 for c in ("n", "m", "n_matrices", "n_evals", "n_tail", "n_spikes", "n_traps"))
+    assert table.valid.dtype == bool and table.trap.dtype == bool and table.alpha.dtype == np.float64
+    assert not isinstance(table.message[0], str) and table.message[1].startswith("non-finite weights")
+    assert table.n_spikes[1] == -1 and math.isnan(table.rand_distance[1])
 
 
 def test_module_docstring_example_runs():
