@@ -47,6 +47,7 @@ from landscape.curvature import (
 from landscape.data import Batches, as_batches
 from landscape.distributed import curvature_operator
 from landscape.evaluate import LossFn
+from landscape.memory import peak_memory
 from landscape.params import preserved, trainable_parameters
 from landscape.probe import ProbeContext, Result
 
@@ -525,14 +526,16 @@ class HessianProbe:
         if isinstance(settings["params"], tuple):
             settings["params"] = list(settings["params"])
         model = ctx.model
-        with preserved(model):
+        with preserved(model), peak_memory(_model_device(model)) as peak:
             try:
                 op = curvature_operator(model, ctx.loss_fn, ctx.train.to(_model_device(model)),
                                         kind=settings["kind"], params=settings["params"])
             except NonFiniteLossError as error:
                 return Result.invalid(str(error), settings)
             with op:
-                return self._measure(op, ctx, settings)
+                result = self._measure(op, ctx, settings)
+        result.scalars["peak_memory_mb"] = peak.mb  # GPU: most allocated; CPU: the process's peak RSS
+        return result
 
     def _measure(self, op: CurvatureOperator, ctx: ProbeContext, settings: dict[str, Any]) -> Result:
         seed = int(settings["seed"])

@@ -90,7 +90,7 @@ def _contents(path) -> dict:
 def _assert_same_results(got: dict, want: dict) -> None:
     assert got["scalars"].keys() == want["scalars"].keys()
     for key, value in want["scalars"].items():
-        if key[2].endswith(("seconds", "_s", "time")):
+        if key[2] == "peak_memory_mb":  # each process its own
             continue
         np.testing.assert_allclose(got["scalars"][key], value, rtol=1e-9, atol=1e-12, err_msg=str(key))
     assert got["arrays"].keys() == want["arrays"].keys()

@@ -316,8 +316,12 @@ def test_probe_stores_the_documented_keys(setup) -> None:
     result = hessian.PROBE.run(context(model, lr=0.1), **params)
     assert result.valid
     k = params["k"]
-    expected_scalars = {"lambda_max", "trace", "trace_stderr", "n_hvp", "lambda_min", "eos_ratio"}
+    expected_scalars = {"lambda_max", "trace", "trace_stderr", "n_hvp", "lambda_min", "eos_ratio", "peak_memory_mb"}
     assert set(result.scalars) == expected_scalars | {f"lambda_{i}" for i in range(1, k + 1)}
+    from landscape.memory import resident_peak_mb
+
+    # the process's peak RSS during the measurement: at least the interpreter with torch, at most the peak so far
+    assert 50 < result.scalars["peak_memory_mb"] <= resident_peak_mb()
     assert set(result.arrays) == {"eigenvalues", "residuals", "density_nodes", "density_weights", "density_grid",
                                   "density_curve"}
     assert result.arrays["eigenvalues"].shape == result.arrays["residuals"].shape == (k,)
@@ -337,7 +341,8 @@ def test_probe_without_density_or_lr(setup) -> None:
     result = hessian.PROBE.run(context(mlp()), **{**hessian.PROBE.defaults, "density": False, "k": 2})
     assert "eos_ratio" not in result.scalars and "lambda_min" not in result.scalars
     assert set(result.arrays) == {"eigenvalues", "residuals"}
-    assert set(result.scalars) == {"lambda_max", "lambda_1", "lambda_2", "trace", "trace_stderr", "n_hvp"}
+    assert set(result.scalars) == {"lambda_max", "lambda_1", "lambda_2", "trace", "trace_stderr", "n_hvp",
+                                   "peak_memory_mb"}
 
 
 def test_probe_returns_invalid_for_a_nan_loss() -> None:
