@@ -42,6 +42,7 @@ from torch import nn
 
 from landscape.autodiff import (
     DoubleBackwardError,
+    affine_batch_norm,
     explain_double_backward,
     is_double_backward_error,
     math_attention,
@@ -482,7 +483,9 @@ class CurvatureOperator:
         params = list(self.params.values())
 
         def build() -> tuple[torch.Tensor, ...]:
-            return (self._flat_grads(self._loss(batch), params, None, create_graph=True),)
+            with affine_batch_norm():
+                loss = self._loss(batch)
+            return (self._flat_grads(loss, params, None, create_graph=True),)
 
         (gradient,), keep = self._cache.get(index, build)
         if not gradient.requires_grad:  # the loss is at most linear in these parameters
@@ -496,7 +499,8 @@ class CurvatureOperator:
         params = list(self.params.values())
 
         def build() -> tuple[torch.Tensor, ...]:
-            outputs = self.objective.logits(self.objective.forward(self.model, batch))
+            with affine_batch_norm():
+                outputs = self.objective.logits(self.objective.forward(self.model, batch))
             loss = self.objective.loss_of_logits(outputs, batch)
             (loss_grad,) = torch.autograd.grad(loss, outputs, create_graph=True)
             probe = torch.zeros_like(outputs, requires_grad=True)
