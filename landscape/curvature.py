@@ -255,17 +255,18 @@ class CurvatureOperator:
 
         data, columns per call      autograd              autograd_batched     func
         one batch (cached), 8       1.4 / 179 ms          2.0 / 259–291 ms     1.8–2.3 / 368–403 ms
-        four batches, 8             1.4–2.9 / 175–208 ms  2.2 / 216 ms         2.1–3.3 / 206–245 ms
+        four batches (rebuilt), 8   1.4–2.9 / 175–208 ms  2.2 / 216 ms         2.1–3.3 / 206–245 ms
 
     The loop is the fastest or close to it on CPU and needs the least memory (hence the default); the
     batched forms may pay off on a GPU (not measured).
 
     Graph caching (``"autograd"`` and ``"autograd_batched"``): building a batch's gradient graph costs a
     forward and a backward pass and each product on it about two gradients, so keeping the graphs alive
-    between calls takes a product over several batches from about 2.9 gradients' work to about 1.9
-    (measured: ``benchmarks/hessian_vs_pyhessian.py``). ``cache_graph=None`` (default) measures the first
-    graph built (:class:`landscape.graph_cache.GraphMeter`: the tensors saved for backward, and on CUDA the
-    allocated memory), scales it to every batch by its number of samples, and keeps the graphs of the
+    between calls takes a product over several batches from 3 gradients' FLOPs to 2 (one column per call;
+    a block shares a rebuilt graph between its columns; ``benchmarks/hessian_vs_pyhessian.py`` counts
+    and times it). ``cache_graph=None`` (default) measures the first graph built
+    (:class:`landscape.graph_cache.GraphMeter`: the tensors saved for backward, and on CUDA the allocated
+    memory), scales it to every batch by its number of samples, and keeps the graphs of the
     leading batches whose estimates fit ``cache_budget`` bytes (default :data:`CACHE_FRACTION` of the
     device's free memory); a single batch's graph is always kept (the product needs it anyway).
     ``cache_graph=True`` keeps every batch's graph, False none. ``cache_estimate`` is the estimated
