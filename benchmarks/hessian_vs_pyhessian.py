@@ -1,6 +1,16 @@
 """Hessian spectra: landscape vs PyHessian on the same CPU, in one run.
 
-Two trained models on the digits data set (scikit-learn's 8×8 images, with noisy copies for a few
+First the headline comparison: the top-3 eigenvalues of a 25,826-parameter CNN (conv-BN-ReLU ×2,
+max-pool, MLP head) on 256 digits images in 2 batches of 128, both at tolerance 1e-3 (PyHessian's
+default tol and maxIter=100; our Lanczos's relative Ritz residual), best of a few interleaved repeats
+of each whole call, PyHessian's start vectors seeded alike every time. It reports the time ratio, the
+Hessian-vector products each one spends, the relative difference of λ₁ and each one's error against
+a float64 reference, and the cost of one product in gradients of the loss over the same data: counted
+in FLOPs (``torch.utils.flop_counter``, deterministic) and timed (best of many), for our operator with
+its graphs cached (the default on this data), rebuilt on every call (``cache_graph=False``), and for
+PyHessian's ``dataloader_hv_product``.
+
+Then the wider comparison: Two trained models on the digits data set (scikit-learn's 8×8 images, with noisy copies for a few
 thousand samples, cut into batches of unequal size): a CNN with more than 100k parameters and a small
 MLP. For each: top-1 and top-5 eigenvalues, the trace and the spectral density, by us and by PyHessian
 (dataloader mode: every product re-runs forward and backward per batch, as ours does on several batches).
@@ -15,8 +25,9 @@ The trace estimator study runs on the MLP, whose Hessian after 60 epochs has a d
 for contrast, after 3 epochs a flatter one): the RMS relative error over seeds of Hutchinson, Hutch++
 and XTrace at the same number of products against the exact trace, and how honest each one's stderr is.
 
-    python benchmarks/hessian_vs_pyhessian.py            # full (about 15 minutes, one thread)
-    python benchmarks/hessian_vs_pyhessian.py --quick    # smaller data and fewer seeds (about 6 minutes)
+    python benchmarks/hessian_vs_pyhessian.py                  # full (about 15 minutes, one thread)
+    python benchmarks/hessian_vs_pyhessian.py --quick          # headline and MLP, fewer seeds (under 5 minutes)
+    python benchmarks/hessian_vs_pyhessian.py --only target    # the headline comparison alone (about a minute)
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +46,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.curvature import CurvatureOperator, DenseOperator, hutch_plus_plus, hutchinson, lanczos, xtrace
 from landscape.data import Batches, as_batches
@@ -69,6 +82,15 @@ def make_cnn() -> nn.Module:
         nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+def make_small_cnn() -> nn.Module:
+    """Conv-BN-ReLU ×2, a 2×2 max-pool and an MLP head: 25,826 parameters."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 40), nn.ReLU(), nn.Linear(40, 10),
     )
 
 
@@ -241,8 +263,9 @@ def trace_study(model: nn.Module, data: Batches, budgets: list[int], seeds: int)
 
     The MLP is small enough to form its Hessian (float64, n unit-vector products) once; the estimators then
     run on that matrix, which does exactly what they do on the operator (same products, same arithmetic)
-    but takes milliseconds, so enough seeds fit for the error ratios to be settled to a few percent.
-    Calibration = RMS error / mean reported stderr (1 when the error bars are honest).
+    in a fraction of a second per estimate, on every core (nothing here is timed), so enough seeds fit for
+    the error ratios to be settled to a few percent. Calibration = RMS error / mean reported stderr (1
+    when the error bars are honest).
     """
     model64 = copy.deepcopy(model).double()
     with CurvatureOperator(model64, nn.CrossEntropyLoss(), as_batches([(x.double(), y) for x, y in data]),
@@ -251,13 +274,133 @@ def trace_study(model: nn.Module, data: Batches, budgets: list[int], seeds: int)
     dense = DenseOperator((matrix + matrix.T) / 2)
     reference = float(torch.trace(dense.matrix))
     out = []
-    for budget in budgets:
-        for label, estimator in (("hutchinson", hutchinson), ("hutch++", hutch_plus_plus), ("xtrace", xtrace)):
-            runs = [estimator(dense, budget, seed=s) for s in range(seeds)]
-            errors = np.array([r.value - reference for r in runs])
-            rms = float(np.sqrt(np.mean(np.square(errors))))
-            out.append((budget, label, rms / abs(reference), rms / float(np.mean([r.stderr for r in runs]))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        for budget in budgets:
+            for label, estimator in (("hutchinson", hutchinson), ("hutch++", hutch_plus_plus), ("xtrace", xtrace)):
+                runs = [estimator(dense, budget, seed=s) for s in range(seeds)]
+                errors = np.array([r.value - reference for r in runs])
+                rms = float(np.sqrt(np.mean(np.square(errors))))
+                out.append((budget, label, rms / abs(reference), rms / float(np.mean([r.stderr for r in runs]))))
+    finally:
+        torch.set_num_threads(threads)
     return reference, out
+
+
+# --------------------------------------------------------------------------------------------------
+# Headline: top-3 of a 25k-parameter CNN, 256 images in 2 batches, tol 1e-3 for both
+# --------------------------------------------------------------------------------------------------
+
+
+def flops(fn: Callable[[], Any]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def best_time(fn: Callable[[], Any], repeats: int, inner: int = 1) -> float:
+    """The fastest of ``repeats`` timings of ``inner`` calls, per call (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - start) / inner)
+    return min(times)
+
+
+def pyhessian_engine(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """PyHessian's ``hessian`` object in dataloader mode, its products counted in ``engine.count``."""
+    from pyhessian import hessian as PyHessian
+
+    engine = PyHessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=False)
+    engine.count = 0
+    product = engine.dataloader_hv_product
+
+    def counted(v: Any) -> Any:
+        engine.count += 1
+        return product(v)
+
+    engine.dataloader_hv_product = counted
+    return engine
+
+
+def pyhessian_top(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[np.ndarray, int]:
+    """PyHessian's own ``eigenvalues`` with its defaults (maxIter=100, tol=1e-3), start vectors seeded."""
+    torch.manual_seed(0)
+    engine = pyhessian_engine(model, data)
+    values, _ = engine.eigenvalues(top_n=k)
+    for p in model.parameters():
+        p.grad = None  # it leaves graph-attached gradients behind
+    return np.sort(np.asarray(values, dtype=np.float64))[::-1], engine.count
+
+
+def headline(repeats: int, k: int = 3, tol: float = 1e-3) -> None:
+    x, y = digits(1024)  # the same model and data in the quick and the full run
+    torch.manual_seed(4)
+    model = train(make_small_cnn(), x, y, epochs=3)
+    pairs = [(x[:128], y[:128]), (x[128:256], y[128:256])]
+    data = as_batches(pairs)
+    loss_fn = nn.CrossEntropyLoss()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"\n[headline] {n_params:,}-parameter CNN, {data.n_samples} images in {len(data)} batches of 128; top-{k} "
+          f"at tol {tol:g} for both; best of {repeats} interleaved repeats", flush=True)
+    model64 = copy.deepcopy(model).double()
+    with CurvatureOperator(model64, loss_fn, as_batches([(a.double(), b) for a, b in pairs])) as op:
+        reference = lanczos(op, k, tol=1e-10, max_iter=500, seed=7).values
+    del model64
+
+    hessian.eigenvalues(model, loss_fn, data, k=k, tol=tol)  # warm-up of both (first-call allocations)
+    pyhessian_top(model, pairs, k)
+    ours_times, theirs_times = [], []
+    for _ in range(repeats):
+        ours, seconds = timed(lambda: hessian.eigenvalues(model, loss_fn, data, k=k, tol=tol))
+        ours_times.append(seconds)
+        (theirs, n_theirs), seconds = timed(lambda: pyhessian_top(model, pairs, k))
+        theirs_times.append(seconds)
+    t_ours, t_theirs = min(ours_times), min(theirs_times)
+
+    # One product's cost in gradients of the loss over the same data: FLOPs, then time.
+    params = list(model.parameters())
+
+    def gradient() -> None:
+        for a, b in pairs:
+            torch.autograd.grad(loss_fn(model(a), b), params)
+
+    engine = pyhessian_engine(model, pairs)
+    v = [torch.randn_like(p) for p in params]
+    cost: dict[str, tuple[float, float]] = {}
+    g_flops, g_time = flops(gradient), best_time(gradient, 15, 3)
+    for label, cache in (("landscape (cached graphs)", None), ("landscape (cache_graph=False)", False)):
+        with CurvatureOperator(model, loss_fn, data, cache_graph=cache) as op:
+            vector = torch.randn(op.size)
+            op.matvec(vector)  # builds (and by default keeps) the graphs
+            cost[label] = (flops(lambda op=op, vector=vector: op.matvec(vector)) / g_flops,
+                           best_time(lambda op=op, vector=vector: op.matvec(vector), 15, 3) / g_time)
+            if cache is None:
+                kept, estimate = op.cached_batches, op.cache_estimate
+    cost["pyhessian"] = (flops(lambda: engine.dataloader_hv_product(v)) / g_flops,
+                         best_time(lambda: engine.dataloader_hv_product(v), 15, 3) / g_time)
+    for p in model.parameters():
+        p.grad = None
+
+    ours_err = float(np.max(np.abs(ours.values - reference) / np.abs(reference)))
+    theirs_err = float(np.max(np.abs(theirs - reference) / np.abs(reference)))
+    lam_diff = abs(ours.values[0] - theirs[0]) / abs(ours.values[0])
+    print(f"  reference top-{k} {np.array2string(reference, precision=6)} (float64 Lanczos, tol 1e-10); "
+          f"{kept} of {len(data)} graphs cached by default ({estimate / 2**20:.1f} MiB estimated)")
+    print(f"\n{'who':<10} {'HVPs':>5} {'seconds':>8} {'grads/HVP (FLOPs, time)':>24} {'max rel.err top-3':>18}  λ₁")
+    print(f"{'landscape':<10} {ours.n_hvp:>5} {t_ours:>8.3f} {cost['landscape (cached graphs)'][0]:>15.2f}, "
+          f"{cost['landscape (cached graphs)'][1]:.2f}  {ours_err:>18.1e}  {ours.values[0]:.6g}")
+    print(f"{'pyhessian':<10} {n_theirs:>5} {t_theirs:>8.3f} {cost['pyhessian'][0]:>15.2f}, {cost['pyhessian'][1]:.2f}  "
+          f"{theirs_err:>18.1e}  {theirs[0]:.6g}")
+    rebuilt = cost["landscape (cache_graph=False)"]
+    print(f"time ratio {t_theirs / t_ours:.2f}x (PyHessian / landscape), HVP ratio {n_theirs / ours.n_hvp:.2f}x, "
+          f"λ₁ relative difference {lam_diff:.1e}; our product with graphs rebuilt: {rebuilt[0]:.2f} / "
+          f"{rebuilt[1]:.2f} gradients (FLOPs / time)", flush=True)
+    print(f"  all timings (s): landscape {', '.join(f'{t:.3f}' for t in ours_times)}; "
+          f"pyhessian {', '.join(f'{t:.3f}' for t in theirs_times)}")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -281,20 +424,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 gives stable timings)")
     parser.add_argument("--tol", type=float, default=1e-3, help="our Lanczos tolerance (relative residual)")
-    parser.add_argument("--only", choices=["cnn", "mlp"], default=None)
+    parser.add_argument("--only", choices=["target", "cnn", "mlp"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_samples = 1024 if args.quick else 3584
     batch = 256 if args.quick else 512
     args.n_matvec = 60
     args.n_runs, args.n_steps = (4, 30) if args.quick else (8, 40)
-    trace_seeds = 200 if args.quick else 500
+    trace_seeds = 100 if args.quick else 500
     x, y = digits(n_samples)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {'quick' if args.quick else 'full'} run; "
           f"batches of {batch} (last smaller)")
     rows: list[Row] = []
     started = time.perf_counter()
-    if args.only in (None, "cnn"):
+    if args.only in (None, "target"):
+        headline(repeats=5 if args.quick else 7)
+    if args.only == "cnn" or (args.only is None and not args.quick):  # the 137k CNN: full runs only
         torch.manual_seed(1)  # initial weights
         cnn = train(make_cnn(), x, y, epochs=2 if args.quick else 4)
         cnn_rows, _ = compare_model("cnn", cnn, unequal_batches(x, y, batch + 7), args, exact=False)
@@ -305,11 +450,13 @@ def main() -> None:
         mlp_data = unequal_batches(x, y, batch + 7)
         mlp_rows, _ = compare_model("mlp", mlp, mlp_data, args, exact=True)
         rows += mlp_rows
-    print_table(rows)
+    if rows:
+        print_table(rows)
     if args.only in (None, "mlp"):
         torch.manual_seed(3)
         early = train(make_mlp(), x, y, epochs=3)
-        for label, model in (("trained 60 epochs: decaying spectrum", mlp), ("trained 3 epochs: flatter spectrum", early)):
+        studies = [("trained 60 epochs: decaying spectrum", mlp), ("trained 3 epochs: flatter spectrum", early)]
+        for label, model in studies[: 1 if args.quick else 2]:  # the flatter spectrum in full runs only
             reference, study = trace_study(model, mlp_data, [30, 60, 120], trace_seeds)
             print(f"\nTrace estimators on the MLP {label} (exact trace {reference:.5g}); RMS relative error "
                   f"over {trace_seeds} seeds at equal Hessian-vector products (calibration: RMS error / mean stderr):")

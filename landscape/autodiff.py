@@ -8,6 +8,12 @@ have no second derivative, so stock ``attn_implementation="sdpa"`` models fail t
 ordinary differentiable tensor algebra (same values up to rounding). When some other operation of a
 model still cannot be differentiated twice, :func:`explain_double_backward` finds the innermost module
 that fails on its own recorded inputs and says, in one sentence, which module it is and what to do.
+
+:func:`affine_batch_norm` runs eval-mode batch normalization (running statistics) as the per-channel
+affine map it is, ``(x − mean) · weight/√(var + eps) + bias``: the same function, so the same
+derivatives, but built from elementwise operations whose double backward is a few multiplications,
+where the native kernel's double backward (written for batch statistics too) costs several passes over
+the activations: about a fifth of a Hessian-vector product's time on a conv-BN network.
 """
 
 from __future__ import annotations
@@ -18,9 +24,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["DoubleBackwardError", "explain_double_backward", "is_double_backward_error", "math_attention"]
+__all__ = [
+    "DoubleBackwardError",
+    "affine_batch_norm",
+    "explain_double_backward",
+    "is_double_backward_error",
+    "math_attention",
+]
 
 _MARKERS = ("derivative for", "differentiate twice", "double backward", "is not differentiable twice")
 
@@ -38,6 +52,39 @@ def math_attention() -> Iterator[None]:
         yield
         return
     with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def _eval_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                     momentum: float | None = 0.1, eps: float = 1e-5) -> torch.Tensor | None:
+    """``F.batch_norm`` with running statistics as elementwise algebra; None where it does not apply
+    (batch statistics, or half precision, whose native kernel computes in float32)."""
+    if (training or running_mean is None or running_var is None or input.dim() < 2
+            or input.dtype not in (torch.float32, torch.float64)):
+        return None
+    shape = (1, -1) + (1,) * (input.dim() - 2)
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    out = (input - running_mean.reshape(shape)) * scale.reshape(shape)
+    return out if bias is None else out + bias.reshape(shape)
+
+
+class _AffineBatchNorm(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            out = _eval_batch_norm(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def affine_batch_norm() -> Iterator[None]:
+    """Inside, ``F.batch_norm`` with running statistics (eval mode) runs as its affine map (see above)."""
+    with _AffineBatchNorm():
         yield
 
 

@@ -42,6 +42,7 @@ from torch import nn
 
 from landscape.autodiff import (
     DoubleBackwardError,
+    affine_batch_norm,
     explain_double_backward,
     is_double_backward_error,
     math_attention,
@@ -50,6 +51,7 @@ from landscape.batch import Batch
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossError, LossFn, total_weight
 from landscape.ggn import jvp_ggn_rows, scoring_dtype
+from landscape.graph_cache import CACHE_FRACTION, GraphCache
 from landscape.krylov import (
     TRACE_METHODS,
     TRACE_MIN_MATVEC,
@@ -71,6 +73,7 @@ from landscape.params import trainable_parameters
 __all__ = [
     # the operator (this module)
     "BACKENDS",
+    "CACHE_FRACTION",
     "DEFAULT_BACKEND",
     "DEFAULT_GGN_BACKEND",
     "GGN_BACKENDS",
@@ -252,12 +255,23 @@ class CurvatureOperator:
 
         data, columns per call      autograd              autograd_batched     func
         one batch (cached), 8       1.4 / 179 ms          2.0 / 259–291 ms     1.8–2.3 / 368–403 ms
-        four batches, 8             1.4–2.9 / 175–208 ms  2.2 / 216 ms         2.1–3.3 / 206–245 ms
+        four batches (rebuilt), 8   1.4–2.9 / 175–208 ms  2.2 / 216 ms         2.1–3.3 / 206–245 ms
 
     The loop is the fastest or close to it on CPU and needs the least memory (hence the default); the
-    batched forms may pay off on a GPU (not measured). When the data is a single batch the gradient graph
-    is kept between calls (``cache_graph=None``: cache for one batch only; True caches every batch's
-    graph, which costs memory; False never caches).
+    batched forms may pay off on a GPU (not measured).
+
+    Graph caching (``"autograd"`` and ``"autograd_batched"``): building a batch's gradient graph costs a
+    forward and a backward pass and each product on it about two gradients, so keeping the graphs alive
+    between calls takes a product over several batches from 3 gradients' FLOPs to 2 (one column per call;
+    a block shares a rebuilt graph between its columns; ``benchmarks/hessian_vs_pyhessian.py`` counts
+    and times it). ``cache_graph=None`` (default) measures the first graph built
+    (:class:`landscape.graph_cache.GraphMeter`: the tensors saved for backward, and on CUDA the allocated
+    memory), scales it to every batch by its number of samples, and keeps the graphs of the
+    leading batches whose estimates fit ``cache_budget`` bytes (default :data:`CACHE_FRACTION` of the
+    device's free memory); a single batch's graph is always kept (the product needs it anyway).
+    ``cache_graph=True`` keeps every batch's graph, False none. ``cache_estimate`` is the estimated
+    memory of all batches' graphs and ``cached_batches`` how many are kept (both None until the first
+    product).
 
     Precision: vectors are cast to the model's dtype for the products (bf16, fp16, float32 or float64
     weights), and the per-batch products are summed in float32 at least (``result_dtype``, what
@@ -267,7 +281,7 @@ class CurvatureOperator:
     The model runs in eval mode for every product and its modes are restored afterwards; weights and
     ``.grad`` are never written. The operator describes the weights it was built at: changing them in
     place while a cached graph is alive makes autograd raise. Call :meth:`release` (or use ``with``) to
-    free the cached graph.
+    free the cached graphs.
     """
 
     def __init__(
@@ -280,6 +294,7 @@ class CurvatureOperator:
         params: ParamSelector = None,
         backend: str | None = None,
         cache_graph: bool | None = None,
+        cache_budget: int | None = None,
         max_block: int | None = None,
         check_loss: bool = True,
     ) -> None:
@@ -314,8 +329,11 @@ class CurvatureOperator:
         self.shapes = tuple(tuple(p.shape) for p in self.params.values())
         self.size = sum(p.numel() for p in self.params.values())
         self.n_hvp = 0
-        self.cache_graph = len(self.data) == 1 if cache_graph is None else bool(cache_graph)
-        self._graphs: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.cache_graph = cache_graph
+        # the graph's outputs: the flat gradient and the per-parameter gradients it was joined from
+        outputs = 2 * self.size * torch.finfo(self.dtype).bits // 8
+        self._cache = GraphCache(cache_graph, cache_budget, [b.n_samples for b in self.data], self.device,
+                                 [*model.parameters(), *model.buffers()], outputs)
         self._batched_ok = True
         self.loss = check_mean_loss(model, self.objective, self.data) if check_loss else float("nan")
         self.total_weight = total_weight(self.objective, self.data)
@@ -380,9 +398,19 @@ class CurvatureOperator:
             shape=self.shape, dtype=np.float64, matvec=apply, rmatvec=apply, matmat=apply, rmatmat=apply
         )
 
+    @property
+    def cache_estimate(self) -> int | None:
+        """Estimated bytes of every batch's gradient graph (None before the first product)."""
+        return self._cache.estimate
+
+    @property
+    def cached_batches(self) -> int | None:
+        """How many batches keep their gradient graph between products (None until decided)."""
+        return self._cache.kept
+
     def release(self) -> None:
         """Free the cached gradient graphs."""
-        self._graphs.clear()
+        self._cache.graphs.clear()
 
     def __enter__(self) -> CurvatureOperator:
         return self
@@ -435,14 +463,15 @@ class CurvatureOperator:
         lead = 1 if batched else 0
         return torch.cat([g.reshape(*g.shape[:lead], -1) for g in grads], dim=lead)
 
-    def _columns(self, product: Callable[[torch.Tensor, bool, bool], torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-        """Apply ``product(rows, batched, retain)`` to every row, reusing one graph.
+    def _columns(self, product: Callable[[torch.Tensor, bool, bool], torch.Tensor], rows: torch.Tensor,
+                 keep: bool) -> torch.Tensor:
+        """Apply ``product(rows, batched, retain)`` to every row, reusing one graph (kept after the last
+        row when ``keep``).
 
         ``"autograd"`` loops over the rows (the graph is retained until the last one);
         ``"autograd_batched"`` pushes all rows through one batched call and falls back to the loop if an
         operation has no batching rule.
         """
-        keep = self.cache_graph
         if self.backend == "autograd_batched" and rows.shape[0] > 1 and self._batched_ok:
             try:
                 return product(rows, True, keep)
@@ -453,34 +482,34 @@ class CurvatureOperator:
 
     def _autograd_hessian(self, index: int, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         params = list(self.params.values())
-        graph = self._graphs.get(index)
-        if graph is None:
-            loss = self._loss(batch)
-            graph = (self._flat_grads(loss, params, None, create_graph=True),)
-            if self.cache_graph:
-                self._graphs[index] = graph
-        (gradient,) = graph
+
+        def build() -> tuple[torch.Tensor, ...]:
+            with affine_batch_norm():
+                loss = self._loss(batch)
+            return (self._flat_grads(loss, params, None, create_graph=True),)
+
+        (gradient,), keep = self._cache.get(index, build)
         if not gradient.requires_grad:  # the loss is at most linear in these parameters
             return torch.zeros_like(rows)
         return self._columns(
             lambda r, batched, retain: self._flat_grads(gradient, params, r, retain_graph=retain, batched=batched),
-            rows,
+            rows, keep,
         )
 
     def _autograd_ggn(self, index: int, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         params = list(self.params.values())
-        graph = self._graphs.get(index)
-        if graph is None:
-            outputs = self.objective.logits(self.objective.forward(self.model, batch))
+
+        def build() -> tuple[torch.Tensor, ...]:
+            with affine_batch_norm():
+                outputs = self.objective.logits(self.objective.forward(self.model, batch))
             loss = self.objective.loss_of_logits(outputs, batch)
             (loss_grad,) = torch.autograd.grad(loss, outputs, create_graph=True)
             probe = torch.zeros_like(outputs, requires_grad=True)
             # Jᵀu as a (linear) function of u; differentiating it w.r.t. u in direction v gives J v.
             pullback = self._flat_grads(outputs, params, probe, create_graph=True)
-            graph = (outputs, loss_grad, probe, pullback)
-            if self.cache_graph:
-                self._graphs[index] = graph
-        outputs, loss_grad, probe, pullback = graph
+            return (outputs, loss_grad, probe, pullback)
+
+        (outputs, loss_grad, probe, pullback), keep = self._cache.get(index, build)
         if not pullback.requires_grad or not loss_grad.requires_grad:
             return torch.zeros_like(rows)
 
@@ -490,7 +519,7 @@ class CurvatureOperator:
                                          allow_unused=True, materialize_grads=True)
             return self._flat_grads(outputs, params, hjv, retain_graph=retain, batched=batched)
 
-        return self._columns(product, rows)
+        return self._columns(product, rows, keep)
 
     def _func_product(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         from torch.func import functional_call, grad, jvp, vjp, vmap
