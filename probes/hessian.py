@@ -185,7 +185,8 @@ def _check_k(k: object, size: int) -> int:
 
 
 def _eigen_on(op: CurvatureOperator, k: int, *, tol: float, max_iter: int | None, return_vectors: bool,
-              seed: int, which: str) -> Eigen:
+              seed: int, which: str, krylov_dtype: torch.dtype | str | None = None,
+              basis_device: torch.device | str | None = None) -> Eigen:
     k = _check_k(k, op.size)
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol!r}.")
@@ -195,7 +196,7 @@ def _eigen_on(op: CurvatureOperator, k: int, *, tol: float, max_iter: int | None
         raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}.")
     start = op.n_hvp
     result = lanczos(op, k, which=which, tol=tol, max_iter=max_iter, block_size=EIGEN_BLOCK_SIZE,
-                     seed=seed, return_vectors=return_vectors)
+                     seed=seed, return_vectors=return_vectors, krylov_dtype=krylov_dtype, basis_device=basis_device)
     if not result.converged:
         warnings.warn(
             f"Lanczos stopped after {result.n_steps} steps without reaching tol={tol}: largest relative "
@@ -250,12 +251,15 @@ def eigenvalues(
     kind: str = "hessian",
     params: ParamSelector = None,
     backend: str = "landscape",
+    krylov_dtype: torch.dtype | str | None = None,
+    basis_device: torch.device | str | None = None,
 ) -> Eigen:
     """The k largest (``which="LA"``) or smallest (``"SA"``, negative curvature) Hessian eigenvalues.
 
     Lanczos stops when every Ritz residual is below ``tol·|λ|`` (see :func:`landscape.curvature.lanczos`)
     or after ``max_iter`` steps (with a RuntimeWarning). Values are returned in descending order for
-    both ``which``. ``backend="pyhessian"`` runs PyHessian's power iteration with deflation (largest
+    both ``which``. The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
+    on ``basis_device`` (default: the model's; ``"cpu"`` keeps a large model's basis off the GPU). ``backend="pyhessian"`` runs PyHessian's power iteration with deflation (largest
     *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue, default
     100); its residuals are then measured with our operator (not counted in ``n_hvp``).
     """
@@ -266,7 +270,7 @@ def eigenvalues(
                                           return_vectors=return_vectors, seed=seed, which=which, params=params)
         with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
             return _eigen_on(op, k, tol=tol, max_iter=max_iter, return_vectors=return_vectors, seed=seed,
-                             which=which)
+                             which=which, krylov_dtype=krylov_dtype, basis_device=basis_device)
 
 
 def trace(
