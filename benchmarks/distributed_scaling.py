@@ -53,6 +53,8 @@ def job(rank: int, world: int, task: str, n: int, batch: int, threads: int, step
 
     torch.set_num_threads(threads)
     model, batches, loss = cnn(), data(n, batch), nn.CrossEntropyLoss()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # start the clocks together: no rank's set-up is counted as the others' wait
     with data_parallel("replicated"):
         start = time.perf_counter()
         if task == "grid":
