@@ -17,6 +17,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -165,6 +166,11 @@ class Store:
                 raise
             else:
                 self._db.execute("COMMIT")
+
+    def atomic(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A group of writes that is all or nothing: its own transaction, or inside :meth:`batch` a
+        savepoint (writes such as :meth:`write_result` nest inside it there)."""
+        return self._transaction()
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from landscape.callbacks.cadence import Cadence
 from landscape.callbacks.loss_guard import MeanLossGuard
-from landscape.callbacks.scalars import _float_dtype, as_floats, logit_tensors, norm_tensor, read_lr
+from landscape.callbacks.scalars import Gather, _float_dtype, add_logits, add_norms, read_lr
 from landscape.callbacks.sinks import SinkSet
+from landscape.callbacks.state import _device_of, _eval_mode, rng_preserved
 from landscape.callbacks.writer import WRITE_ERRORS, Record, StoreWriter, writes_here
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
@@ -44,40 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["MONITOR_PROBE", "LogitsOnly", "Monitor", "rng_preserved"]
 
 MONITOR_PROBE = "monitor"
-
-
-# -- keeping training state untouched -------------------------------------------------------------------
-@contextmanager
-def rng_preserved() -> Iterator[None]:
-    """Restore the Python, NumPy and torch (CPU and initialized CUDA) generator states on exit."""
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 # -- the monitor ------------------------------------------------------------------------------------------
@@ -350,7 +314,7 @@ class Monitor:
         from landscape.probe import Result
 
         try:
-            scalars = as_floats(self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force))
+            scalars = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force).floats()
         except Exception as error:  # a broken measurement must not stop training
             self._fail(MONITOR_PROBE, step, f"{type(error).__name__}: {error}")
             return None
@@ -365,18 +329,15 @@ class Monitor:
         return scalars
 
     def _monitor_scalars(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
-                         outputs: torch.Tensor | None, targets: torch.Tensor | None,
-                         force: bool) -> dict[str, float | torch.Tensor]:
-        """The record's values, left as tensors where they are measured (one transfer for all, later)."""
-        scalars: dict[str, float | torch.Tensor] = {}
+                         outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> Gather:
+        """The record's values, left on the device where they are measured (one transfer for all, later)."""
+        scalars = Gather()
         lr = read_lr(optimizer)
         if lr is not None:
-            scalars["lr"] = lr
+            scalars.add("lr", lr)
         params = [p for p in model.parameters() if p.requires_grad]
         grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            scalars["grad_norm"] = norm_tensor(grads)
-        scalars["weight_norm"] = norm_tensor(params) if params else float("nan")
+        add_norms(scalars, {"grad_norm": grads, "weight_norm": params} if grads else {"weight_norm": params})
         if outputs is not None:
             if loss is None:
                 loss = find_model_loss(outputs)
@@ -385,27 +346,26 @@ class Monitor:
                 self._loss_guard.check(logits.detach(), targets)
                 with rng_preserved(), torch.no_grad():
                     loss = check_scalar_loss(self.loss_fn(logits.detach(), targets))
-            scalars.update(logit_tensors(logits, targets, self.sc_dtype))
+            add_logits(scalars, logits, targets, self.sc_dtype)
         elif self._data is not None:
-            measured = self._forward_subset(model)
-            if loss is None and "train_loss" in measured:
-                loss = measured.pop("train_loss")
-            measured.pop("train_loss", None)
-            scalars.update(measured)
+            measured = self._forward_subset(model, scalars)
+            if loss is None:
+                loss = measured
         if loss is not None:
-            scalars["train_loss"] = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+            scalars.add("train_loss", loss if isinstance(loss, torch.Tensor) else float(loss))
         if self._test is not None and self.loss_fn is not None and (force or self.test_cadence.due(step)):
             self.test_cadence.mark(step)
             test_data = self._on(self._test, _device_of(model), "test", None)
             with rng_preserved(), _eval_mode(model):
                 self._loss_guard.check_on(model, test_data)
                 test = evaluate(model, self.loss_fn, test_data)
-            scalars["test_loss"] = test.loss
+            scalars.add("test_loss", test.loss)
             if test.accuracy is not None:
-                scalars["test_accuracy"] = test.accuracy
+                scalars.add("test_accuracy", test.accuracy)
         return scalars
 
-    def _forward_subset(self, model: nn.Module) -> dict[str, float | torch.Tensor]:
+    def _forward_subset(self, model: nn.Module, scalars: Gather) -> float | None:
+        """One forward pass over the fixed subset: its logit scalars onto ``scalars``; returns its mean loss."""
         assert self._data is not None
         subset = self._on(self._data, _device_of(model), "subset", self.subset_size)
         objective = as_objective(self.loss_fn if self.loss_fn is not None else _no_loss, model)
@@ -424,11 +384,9 @@ class Monitor:
                     total += float(objective.loss(outputs, batch)) * weight
                     weights += weight
             flat = torch.cat(targets)
-            out: dict[str, float | torch.Tensor] = dict(logit_tensors(
-                torch.cat(logits), flat if flat.numel() == sum(len(x) for x in logits) else None, self.sc_dtype))
-            if weights:
-                out["train_loss"] = total / weights
-        return out
+            add_logits(scalars, torch.cat(logits), flat if flat.numel() == sum(len(x) for x in logits) else None,
+                       self.sc_dtype)
+        return total / weights if weights else None
 
     # -- registered probes -----------------------------------------------------------------------------------
     def _run_probes(self, model: nn.Module, step: int, due: list[_ProbeSpec], optimizer: object | None = None) -> None:

@@ -4,73 +4,134 @@
 logit norm, the mean top logit, the Softmax Collapse fraction (rows whose softmax in ``sc_dtype`` is
 exactly one-hot, i.e. ``Σ exp(z − max z) == 1``) and, with class targets, the accuracy.
 
-On the training thread every device-to-host transfer waits for the device: ``norm_tensor`` and
-``logit_tensors`` leave their results on the device (few kernels, no transfer) and ``as_floats`` brings a
-whole record over in one transfer per device.
+A record is measured on the training thread, so it is kept to a few kernels and one transfer: the
+measurements put 1-D tensors of sums on a :class:`Gather` (per-tensor norms, logit sums and their row
+count — nothing is brought to the host), and :meth:`Gather.floats` fetches them all in one
+device-to-host transfer per device and finishes the arithmetic (square roots, means) in Python.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["as_floats", "logit_scalars", "logit_tensors", "norm_tensor", "read_lr"]
+__all__ = ["Gather", "logit_scalars", "read_lr"]
 
-_WIDE = (torch.float32, torch.float64)
 _FOREACH_NORM = getattr(torch, "_foreach_norm", None)
+_LOGIT_KEYS = ("logit_norm", "max_logit_mean", "sc_fraction", "train_accuracy")
+Finish = Callable[[list[float]], dict[str, float]]
 
 
-def norm_tensor(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Euclidean norm of all tensors together, as a 0-d tensor on the first one's device (no transfer).
+class Gather:
+    """The values of one record, in order: plain floats as they come, device tensors fetched together.
 
-    Tensors of one device and dtype are normed in one fused call where torch offers it; half-precision
-    ones are accumulated in float32.
+    ``add(key, value)`` takes a float, or a tensor of one element; ``add_part(tensor, finish)`` a 1-D
+    tensor whose fetched numbers ``finish`` turns into named floats.
     """
-    if not tensors:
-        raise ValueError("norm_tensor needs at least one tensor.")
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, float] | tuple[torch.Tensor, Finish]] = []
+
+    def add(self, key: str, value: float | torch.Tensor) -> None:
+        if isinstance(value, torch.Tensor):
+            self._entries.append((value.detach().reshape(1), lambda numbers: {key: numbers[0]}))
+        else:
+            self._entries.append((key, float(value)))
+
+    def add_part(self, part: torch.Tensor, finish: Finish) -> None:
+        self._entries.append((part, finish))
+
+    def update(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.add(key, value)
+
+    def floats(self) -> dict[str, float]:
+        """Every value as a float, the tensors fetched in one transfer per device."""
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for first, _ in self._entries:
+            if isinstance(first, torch.Tensor):
+                by_device.setdefault(first.device, []).append(first)
+        fetched: dict[int, list[float]] = {}
+        for parts in by_device.values():
+            wide = functools.reduce(torch.promote_types, [p.dtype for p in parts], torch.float32)
+            numbers = torch.cat(parts).to(wide).tolist() if len(parts) > 1 else parts[0].to(wide).tolist()
+            start = 0
+            for part in parts:
+                fetched[id(part)] = numbers[start:start + part.numel()]
+                start += part.numel()
+        out: dict[str, float] = {}
+        for first, second in self._entries:
+            if isinstance(first, torch.Tensor):
+                out.update(second(fetched[id(first)]))  # type: ignore[operator]
+            else:
+                out[first] = second  # type: ignore[assignment]
+        return out
+
+
+def norm_parts(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The Euclidean norm of each tensor, as 1-D tensors (one per device and dtype), without a transfer.
+
+    Float32/float64 tensors of one device are normed in one fused call where torch offers it; others
+    are accumulated in float32.
+    """
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for tensor in tensors:
-        detached = tensor.detach()
-        groups.setdefault((detached.device, detached.dtype), []).append(detached)
-    device = next(iter(groups))[0]
+        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
     parts = []
-    for (_, dtype), group in groups.items():
-        if _FOREACH_NORM is not None and dtype in _WIDE:
-            norms = _FOREACH_NORM(group)
-        else:
-            norms = [torch.linalg.vector_norm(t, dtype=torch.float32 if t.is_floating_point() else None) for t in group]
-        parts.append(torch.linalg.vector_norm(torch.stack(norms)).to(device))
-    if len(parts) == 1:
-        return parts[0]
+    with torch.no_grad():
+        for (_, dtype), group in groups.items():
+            if _FOREACH_NORM is not None and dtype in (torch.float32, torch.float64):
+                norms = _FOREACH_NORM(group)
+            else:
+                norms = [torch.linalg.vector_norm(t, dtype=torch.float32 if t.is_floating_point() else None)
+                         for t in group]
+            parts.append(torch.stack(norms) if len(norms) > 1 else norms[0].reshape(1))
+    return parts
+
+
+def add_norms(gather: Gather, named: dict[str, Sequence[torch.Tensor]]) -> None:
+    """Put the total norm of each named list of tensors on ``gather`` (NaN for an empty list): the
+    per-tensor norms of all lists in one fused pass, combined in float64 on the host."""
+    flat = [t for tensors in named.values() for t in tensors]
+    sizes = [len(tensors) for tensors in named.values()]
+    if not flat:
+        gather.update({key: float("nan") for key in named})
+        return
+    parts = norm_parts(flat)
+    order = _group_order(flat)  # the norms come group by group (device, dtype)
+
+    def finish(numbers: list[float]) -> dict[str, float]:
+        by_tensor = [0.0] * len(flat)
+        for index, value in zip(order, numbers):
+            by_tensor[index] = value
+        out, start = {}, 0
+        for key, size in zip(named, sizes):
+            chunk = by_tensor[start:start + size]
+            out[key] = math.sqrt(math.fsum(v * v for v in chunk)) if chunk else float("nan")
+            start += size
+        return out
+
     wide = functools.reduce(torch.promote_types, [p.dtype for p in parts])
-    return torch.linalg.vector_norm(torch.stack([p.to(wide) for p in parts]))
+    part = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].device, wide) for p in parts])
+    gather.add_part(part, finish)
+
+
+def _group_order(tensors: Sequence[torch.Tensor]) -> list[int]:
+    """The indices of ``tensors`` in the order :func:`norm_parts` returns their norms (grouped)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
+    return [index for group in groups.values() for index in group]
 
 
 def _total_norm(tensors: Sequence[torch.Tensor]) -> float:
     """Euclidean norm of all tensors together as a float (NaN for none)."""
-    return float(norm_tensor(tensors)) if tensors else float("nan")
-
-
-def as_floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
-    """A record's values as floats, the tensors among them fetched in one transfer per device.
-
-    ``logit_tensors``' row count (``_rows``) is dropped here, with the logit scalars when it is zero.
-    """
-    out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
-    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    for key, value in values.items():
-        if isinstance(value, torch.Tensor):
-            by_device.setdefault(value.device, []).append((key, value.detach().reshape(())))
-    for items in by_device.values():
-        wide = functools.reduce(torch.promote_types, [v.dtype for _, v in items], torch.float32)
-        numbers = torch.stack([v.to(wide) for _, v in items]).tolist()
-        out.update(zip((k for k, _ in items), numbers))
-    if out.pop("_rows", None) == 0:
-        for key in _LOGIT_KEYS:
-            out.pop(key, None)
-    return {k: out[k] for k in values if k in out}
+    gather = Gather()
+    add_norms(gather, {"norm": list(tensors)})
+    return gather.floats()["norm"]
 
 
 def read_lr(optimizer: object | None) -> float | None:
@@ -100,42 +161,47 @@ def _class_logits(outputs: torch.Tensor, targets: torch.Tensor | None) -> tuple[
     return logits, flat
 
 
-_LOGIT_KEYS = ("logit_norm", "max_logit_mean", "sc_fraction", "train_accuracy")
-
-
-def logit_tensors(outputs: torch.Tensor, targets: torch.Tensor | None,
-                  sc_dtype: torch.dtype) -> dict[str, torch.Tensor | float]:
-    """``logit_scalars`` left on the device as 0-d tensors (plus ``_rows``, the rows they average over, for
-    :func:`as_floats`); rows whose target is negative (ignored tokens) are left out by weight, without a
-    transfer."""
+def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | None, sc_dtype: torch.dtype) -> None:
+    """Put the logit scalars of ``logit_scalars`` on ``gather`` as device sums and a row count; rows whose
+    target is negative (ignored tokens) are left out by weight, without a transfer."""
     if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2 or not outputs.is_floating_point() or outputs.shape[-1] < 2:
-        return {}
-    logits = outputs.detach().reshape(-1, outputs.shape[-1])
+        return
+    logits = outputs.detach()
+    if logits.dim() > 2:
+        logits = logits.reshape(-1, logits.shape[-1])
     if logits.shape[0] == 0:
-        return {}
+        return
     flat = None
-    if (isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() == logits.shape[0]):
+    if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() == logits.shape[0]:
         flat = targets.detach().reshape(-1).to(logits.device)
-    cast = logits.to(sc_dtype)
-    top = cast.amax(dim=1, keepdim=True)
-    collapsed = (cast - top).exp().sum(dim=1) == 1
-    peak = top.squeeze(1) if cast.dtype == logits.dtype else logits.amax(dim=1)
-    rows = [torch.linalg.vector_norm(logits, dim=1, dtype=torch.float32), peak.float(), collapsed.float()]
-    if flat is not None:
-        rows.append((logits.argmax(dim=1) == flat).float())
-        keep = flat >= 0
-        count: torch.Tensor | float = keep.sum()
-        means = torch.where(keep, torch.stack(rows), 0.0).sum(dim=1) / keep.sum().clamp(min=1)
-    else:
-        means, count = torch.stack(rows).mean(dim=1), float(logits.shape[0])
-    out: dict[str, torch.Tensor | float] = dict(zip(_LOGIT_KEYS, means.unbind()))
-    out["_rows"] = count
-    return out
+    with torch.no_grad():
+        cast = logits if logits.dtype == sc_dtype else logits.to(sc_dtype)
+        top = cast.amax(dim=1, keepdim=True)
+        collapsed = (cast - top).exp_().sum(dim=1) == 1
+        peak = top.squeeze(1) if cast is logits else logits.amax(dim=1)
+        norm = torch.linalg.vector_norm(logits, dim=1, dtype=None if logits.dtype == torch.float32 else torch.float32)
+        if flat is None:
+            part = torch.stack([norm, peak, collapsed], dim=1).sum(dim=0, dtype=torch.float32)
+            rows = float(logits.shape[0])
+        else:
+            weight = (flat >= 0).to(torch.float32)
+            part = weight @ torch.stack([norm, peak, collapsed, logits.argmax(dim=1) == flat, weight], dim=1).float()
+            rows = None
+
+    def finish(numbers: list[float]) -> dict[str, float]:
+        count = rows if rows is not None else numbers[-1]
+        if not count:
+            return {}
+        return dict(zip(_LOGIT_KEYS, (value / count for value in numbers[:4 if rows is None else 3])))
+
+    gather.add_part(part, finish)
 
 
 def logit_scalars(outputs: torch.Tensor, targets: torch.Tensor | None, sc_dtype: torch.dtype) -> dict[str, float]:
     """``logit_norm``, ``max_logit_mean``, ``sc_fraction`` and, with class targets, ``train_accuracy``."""
-    return as_floats(logit_tensors(outputs, targets, sc_dtype))
+    gather = Gather()
+    add_logits(gather, outputs, targets, sc_dtype)
+    return gather.floats()
 
 
 def _float_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -146,4 +212,3 @@ def _float_dtype(dtype: torch.dtype | str) -> torch.dtype:
     elif isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return dtype
     raise ValueError(f"sc_dtype must be a floating-point dtype such as 'float32', got {dtype!r}.")
-

@@ -212,13 +212,20 @@ class StoreWriter:
             self.stats.written += len(done)
         except WRITE_ERRORS:
             for record in done:  # rolled back with the batch: try them one by one
-                if self._write_one(record):
-                    self.stats.commits += 1
-                    self.stats.written += 1
+                try:
+                    with self.store.batch():
+                        written = self._write_one(record)
+                except WRITE_ERRORS as error:
+                    self._failed(record, error)
+                    continue
+                self.stats.commits += 1
+                self.stats.written += int(written)
 
     def _write_one(self, record: Record) -> bool:
+        """One record inside the open batch, as a savepoint: a failure takes back all it wrote."""
         try:
-            record.write(self.store)
+            with self.store.atomic():
+                record.write(self.store)
         except Exception as error:  # one bad record must not cost the others in its batch
             self._failed(record, error)
             return False
