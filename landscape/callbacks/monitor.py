@@ -173,7 +173,10 @@ class Monitor:
         self._warned: set[str] = set()
         self._wake = -(2**63)  # no step is skipped before the first call
         self._loss_guard = MeanLossGuard(loss_fn)
+        from landscape.store import config_hash
+
         self._record_params = {"every": self.cadence.every, "sc_dtype": str(self.sc_dtype)}
+        self._record_config = config_hash(MONITOR_PROBE, self._record_params)  # hashed once, not per record
         self._run_meta: dict[str, Any] = {
             "monitor_every": every,
             "probes": {s.name: s.params for s in self._specs},
@@ -216,7 +219,7 @@ class Monitor:
     def _write(self, what: str, step: int | None, write: Callable[[Store], object]) -> None:
         """Queue one store write for the background writer (nothing on ranks that do not write)."""
         if self._writer is not None:
-            self._writer.put(Record(what, step, write))
+            self._writer.put(Record(what, step, write, atomic=True))  # each write is one Store call
 
     # -- setup -----------------------------------------------------------------------------------------
     @staticmethod
@@ -323,7 +326,8 @@ class Monitor:
         if bad:
             result.valid, result.message = False, f"non-finite: {', '.join(bad)}"
             self._warn_once(MONITOR_PROBE, f"monitor scalars are not finite at step {step} ({', '.join(bad)}).")
-        self._write("the monitor scalars", step, lambda store: store.write_result(self.run, step, MONITOR_PROBE, result))
+        self._write("the monitor scalars", step, lambda store: store.write_result(
+            self.run, step, MONITOR_PROBE, result, config=self._record_config, params_hash=self._record_config))
         if self._writes:
             self.sinks.record(MONITOR_PROBE, scalars, step)
         return scalars

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
 import sqlite3
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -50,11 +48,16 @@ def writes_here() -> bool:
 
 @dataclass(frozen=True)
 class Record:
-    """One write: ``what`` names it in a failure message (``"the monitor scalars"``), ``write`` does it."""
+    """One write: ``what`` names it in a failure message (``"the monitor scalars"``), ``write`` does it.
+
+    ``atomic``: the write is one store call that is all or nothing by itself (``Store.write_result``),
+    so the writer does not wrap it in a savepoint of its own.
+    """
 
     what: str
     step: int | None
     write: Callable[[Store], object]
+    atomic: bool = False
 
 
 @dataclass
@@ -89,9 +92,15 @@ class StoreWriter:
         self.store = store
         self.stats = WriterStats()
         self._warn = warn
-        self._queue: queue.Queue[Record | _Marker] = queue.Queue(maxsize=max_pending)
+        # A deque, not a queue.Queue: an append takes no lock and wakes no thread. The writer is woken
+        # once per batch (``_wake``: something is pending) and cut short (``_hurry``) by a flush, a close
+        # or a full queue; ``_room`` lets a put that found the queue full wait for the next commit.
+        self._pending: deque[Record | _Marker] = deque()
+        self._max_pending = max_pending
         self._max_batch = max_batch
         self._linger = float(linger)
+        self._wake, self._hurry = threading.Event(), threading.Event()
+        self._room = threading.Condition()
         self._failures: deque[tuple[str, str]] = deque()
         self._closed = False
         self._pid = os.getpid()
@@ -115,19 +124,19 @@ class StoreWriter:
         """Queue one record; blocks while the queue is full (never drops it)."""
         if self._closed:
             raise RuntimeError("the store writer is closed; no more records can be written.")
-        try:
-            self._queue.put_nowait(record)
-            return
-        except queue.Full:
+        if len(self._pending) >= self._max_pending:
             self.stats.waits += 1
-        while True:
-            try:
-                self._queue.put(record, timeout=0.5)
-                return
-            except queue.Full:
-                if not self._alive():  # no thread to take it: write it here rather than wait forever
-                    self._write([record])
-                    return
+            with self._room:
+                while len(self._pending) >= self._max_pending:
+                    if not self._alive():  # no thread to take them: write them here rather than wait forever
+                        self._drain_here()
+                        break
+                    self._hurry.set()
+                    self._wake.set()
+                    self._room.wait(0.5)
+        self._pending.append(record)
+        if len(self._pending) == 1 or not self._linger:
+            self._wake.set()
 
     def flush(self) -> None:
         """Return once every record queued before this call is committed (or has failed)."""
@@ -157,48 +166,66 @@ class StoreWriter:
         if not self._alive():
             self._drain_here()
             return
-        self._queue.put(marker)
+        self._pending.append(marker)
+        self._hurry.set()
+        self._wake.set()
         while not marker.done.wait(0.5):
             if not self._alive():  # the thread is gone (a forked child): write what is left here
                 self._drain_here()
                 return
 
     def _drain_here(self) -> None:
-        records = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, Record):
-                records.append(item)
-            else:
-                item.done.set()
-        if records and os.getpid() == self._pid:
-            self._write(records)
+        """Without a writer thread: write what is pending from the calling thread (never in a forked child)."""
+        if os.getpid() == self._pid:
+            self._drain()
+        else:
+            self._pending.clear()
 
     # -- the writer thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self._linger
-            while len(batch) < self._max_batch and isinstance(batch[-1], Record):
-                wait = deadline - time.monotonic()
-                try:
-                    batch.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            records = [item for item in batch if isinstance(item, Record)]
+            self._wake.wait()
+            self._wake.clear()
+            if self._linger and not self._hurry.is_set():
+                self._hurry.wait(self._linger)  # let a batch gather (a flush, a close or a full queue cuts it short)
+            self._hurry.clear()
             try:
-                if records:
-                    self._write(records)
+                stop = self._drain()
             except BaseException as error:  # never let the thread die with records still coming
-                self._failed(records[0], error)
-            for item in batch:
-                if isinstance(item, _Marker):
-                    item.done.set()
-                    if item.stop:
-                        return
+                self._failures.append(("store: the writer", f"the store writer failed ({type(error).__name__}: "
+                                                            f"{error}); records may have been lost."))
+                stop = False
+            if stop:
+                return
+            if self._pending:
+                self._wake.set()
+
+    def _drain(self) -> bool:
+        """Commit everything pending now, ``max_batch`` records per commit, in order; release each marker
+        once what precedes it is committed. True when a close marker was met."""
+        stop = False
+        records: list[Record] = []
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, Record):
+                records.append(item)
+                if len(records) < self._max_batch:
+                    continue
+            if records:
+                self._write(records)
+                records = []
+                self._made_room()
+            if isinstance(item, _Marker):
+                item.done.set()
+                stop = stop or item.stop
+        if records:
+            self._write(records)
+            self._made_room()
+        return stop
+
+    def _made_room(self) -> None:
+        with self._room:
+            self._room.notify_all()
 
     def _write(self, records: list[Record]) -> None:
         """All ``records`` in one commit; if the commit itself fails, each again in its own."""
@@ -224,8 +251,11 @@ class StoreWriter:
     def _write_one(self, record: Record) -> bool:
         """One record inside the open batch, as a savepoint: a failure takes back all it wrote."""
         try:
-            with self.store.atomic():
+            if record.atomic:
                 record.write(self.store)
+            else:
+                with self.store.atomic():
+                    record.write(self.store)
         except Exception as error:  # one bad record must not cost the others in its batch
             self._failed(record, error)
             return False
