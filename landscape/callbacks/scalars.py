@@ -56,8 +56,7 @@ class Gather:
                 by_device.setdefault(first.device, []).append(first)
         fetched: dict[int, list[float]] = {}
         for parts in by_device.values():
-            wide = functools.reduce(torch.promote_types, [p.dtype for p in parts], torch.float32)
-            numbers = torch.cat(parts).to(wide).tolist() if len(parts) > 1 else parts[0].to(wide).tolist()
+            numbers = torch.cat(parts).tolist() if len(parts) > 1 else parts[0].tolist()  # cat promotes dtypes
             start = 0
             for part in parts:
                 fetched[id(part)] = numbers[start:start + part.numel()]
@@ -71,25 +70,28 @@ class Gather:
         return out
 
 
-def norm_parts(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The Euclidean norm of each tensor, as 1-D tensors (one per device and dtype), without a transfer.
+def norm_parts(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int] | None]:
+    """The Euclidean norm of each tensor, as 1-D tensors (one per device and dtype), without a transfer,
+    and the tensors' indices in that order (None when they are all of one group, in their own order).
 
     Float32/float64 tensors of one device are normed in one fused call where torch offers it; others
     are accumulated in float32.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for tensor in tensors:
-        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
     parts = []
     with torch.no_grad():
-        for (_, dtype), group in groups.items():
+        for (_, dtype), indices in groups.items():
+            group = list(tensors) if len(groups) == 1 else [tensors[i] for i in indices]
             if _FOREACH_NORM is not None and dtype in (torch.float32, torch.float64):
                 norms = _FOREACH_NORM(group)
             else:
                 norms = [torch.linalg.vector_norm(t, dtype=torch.float32 if t.is_floating_point() else None)
                          for t in group]
             parts.append(torch.stack(norms) if len(norms) > 1 else norms[0].reshape(1))
-    return parts
+    order = None if len(groups) == 1 else [index for indices in groups.values() for index in indices]
+    return parts, order
 
 
 def add_norms(gather: Gather, named: dict[str, Sequence[torch.Tensor]]) -> None:
@@ -100,16 +102,17 @@ def add_norms(gather: Gather, named: dict[str, Sequence[torch.Tensor]]) -> None:
     if not flat:
         gather.update({key: float("nan") for key in named})
         return
-    parts = norm_parts(flat)
-    order = _group_order(flat)  # the norms come group by group (device, dtype)
+    parts, order = norm_parts(flat)
 
     def finish(numbers: list[float]) -> dict[str, float]:
-        by_tensor = [0.0] * len(flat)
-        for index, value in zip(order, numbers):
-            by_tensor[index] = value
+        if order is not None:  # back to the tensors' own order
+            by_tensor = [0.0] * len(flat)
+            for index, value in zip(order, numbers):
+                by_tensor[index] = value
+            numbers = by_tensor
         out, start = {}, 0
         for key, size in zip(named, sizes):
-            chunk = by_tensor[start:start + size]
+            chunk = numbers[start:start + size]
             out[key] = math.sqrt(math.fsum(v * v for v in chunk)) if chunk else float("nan")
             start += size
         return out
@@ -117,14 +120,6 @@ def add_norms(gather: Gather, named: dict[str, Sequence[torch.Tensor]]) -> None:
     wide = functools.reduce(torch.promote_types, [p.dtype for p in parts])
     part = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].device, wide) for p in parts])
     gather.add_part(part, finish)
-
-
-def _group_order(tensors: Sequence[torch.Tensor]) -> list[int]:
-    """The indices of ``tensors`` in the order :func:`norm_parts` returns their norms (grouped)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
-    return [index for group in groups.values() for index in group]
 
 
 def _total_norm(tensors: Sequence[torch.Tensor]) -> float:
@@ -163,29 +158,30 @@ def _class_logits(outputs: torch.Tensor, targets: torch.Tensor | None) -> tuple[
 
 def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | None, sc_dtype: torch.dtype) -> None:
     """Put the logit scalars of ``logit_scalars`` on ``gather`` as device sums and a row count; rows whose
-    target is negative (ignored tokens) are left out by weight, without a transfer."""
+    target is negative (ignored tokens) are left out by weight, without a transfer. A dozen kernels: on a
+    sub-millisecond training step each torch call counts."""
     if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2 or not outputs.is_floating_point() or outputs.shape[-1] < 2:
         return
-    logits = outputs.detach()
-    if logits.dim() > 2:
-        logits = logits.reshape(-1, logits.shape[-1])
+    logits = outputs if outputs.dim() == 2 else outputs.reshape(-1, outputs.shape[-1])
     if logits.shape[0] == 0:
         return
     flat = None
     if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() == logits.shape[0]:
-        flat = targets.detach().reshape(-1).to(logits.device)
+        flat = targets if targets.dim() == 1 else targets.reshape(-1)
+        if flat.device != logits.device:
+            flat = flat.to(logits.device)
     with torch.no_grad():
+        peak, predicted = logits.max(dim=1)  # the top logit and the argmax in one kernel
         cast = logits if logits.dtype == sc_dtype else logits.to(sc_dtype)
-        top = cast.amax(dim=1, keepdim=True)
+        top = peak.unsqueeze(1) if cast is logits else cast.amax(dim=1, keepdim=True)
         collapsed = (cast - top).exp_().sum(dim=1) == 1
-        peak = top.squeeze(1) if cast is logits else logits.amax(dim=1)
         norm = torch.linalg.vector_norm(logits, dim=1, dtype=None if logits.dtype == torch.float32 else torch.float32)
         if flat is None:
             part = torch.stack([norm, peak, collapsed], dim=1).sum(dim=0, dtype=torch.float32)
             rows = float(logits.shape[0])
-        else:
-            weight = (flat >= 0).to(torch.float32)
-            part = weight @ torch.stack([norm, peak, collapsed, logits.argmax(dim=1) == flat, weight], dim=1).float()
+        else:  # the last column, 1 for a kept row, weighs every column (itself too: the row count)
+            table = torch.stack([norm, peak, collapsed, predicted == flat, flat >= 0], dim=1)
+            part = table[:, 4] @ table
             rows = None
 
     def finish(numbers: list[float]) -> dict[str, float]:

@@ -92,14 +92,15 @@ class StoreWriter:
         self.store = store
         self.stats = WriterStats()
         self._warn = warn
-        # A deque, not a queue.Queue: an append takes no lock and wakes no thread. The writer is woken
-        # once per batch (``_wake``: something is pending) and cut short (``_hurry``) by a flush, a close
-        # or a full queue; ``_room`` lets a put that found the queue full wait for the next commit.
+        # A deque, not a queue.Queue: an append takes no lock and wakes no thread. The writer wakes every
+        # ``linger`` seconds on its own (so a wake-up never lands inside the training thread's step), or
+        # at once (``_hurry``) for a flush, a close or a full queue; ``_room`` lets a put that found the
+        # queue full wait for the next commit. With ``linger=0`` every put wakes it.
         self._pending: deque[Record | _Marker] = deque()
         self._max_pending = max_pending
         self._max_batch = max_batch
         self._linger = float(linger)
-        self._wake, self._hurry = threading.Event(), threading.Event()
+        self._hurry = threading.Event()
         self._room = threading.Condition()
         self._failures: deque[tuple[str, str]] = deque()
         self._closed = False
@@ -132,11 +133,10 @@ class StoreWriter:
                         self._drain_here()
                         break
                     self._hurry.set()
-                    self._wake.set()
                     self._room.wait(0.5)
         self._pending.append(record)
-        if len(self._pending) == 1 or not self._linger:
-            self._wake.set()
+        if not self._linger:
+            self._hurry.set()
 
     def flush(self) -> None:
         """Return once every record queued before this call is committed (or has failed)."""
@@ -168,7 +168,6 @@ class StoreWriter:
             return
         self._pending.append(marker)
         self._hurry.set()
-        self._wake.set()
         while not marker.done.wait(0.5):
             if not self._alive():  # the thread is gone (a forked child): write what is left here
                 self._drain_here()
@@ -184,10 +183,7 @@ class StoreWriter:
     # -- the writer thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._linger and not self._hurry.is_set():
-                self._hurry.wait(self._linger)  # let a batch gather (a flush, a close or a full queue cuts it short)
+            self._hurry.wait(self._linger or None)  # a batch gathers meanwhile; a flush or close cuts it short
             self._hurry.clear()
             try:
                 stop = self._drain()
@@ -197,8 +193,6 @@ class StoreWriter:
                 stop = False
             if stop:
                 return
-            if self._pending:
-                self._wake.set()
 
     def _drain(self) -> bool:
         """Commit everything pending now, ``max_batch`` records per commit, in order; release each marker
