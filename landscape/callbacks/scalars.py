@@ -175,7 +175,8 @@ def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | No
         cast = logits if logits.dtype == sc_dtype else logits.to(sc_dtype)
         top = peak.unsqueeze(1) if cast is logits else cast.amax(dim=1, keepdim=True)
         collapsed = (cast - top).exp_().sum(dim=1) == 1
-        norm = torch.linalg.vector_norm(logits, dim=1, dtype=None if logits.dtype == torch.float32 else torch.float32)
+        wide = logits.dtype in (torch.float32, torch.float64)  # half precision is accumulated in float32
+        norm = torch.linalg.vector_norm(logits, dim=1, dtype=None if wide else torch.float32)
         if flat is None:
             part = torch.stack([norm, peak, collapsed], dim=1).sum(dim=0, dtype=torch.float32)
             rows = float(logits.shape[0])

@@ -84,6 +84,19 @@ def test_monitor_measures_on_a_subset_when_no_outputs_are_passed(tmp_path: Path)
     assert row["logit_norm"] == pytest.approx(float(logits.double().norm(dim=1).mean()), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_logit_scalars_and_norms_in_other_dtypes(dtype: torch.dtype) -> None:
+    logits = torch.tensor([[30.0, 0.0], [1.0, 2.0]], dtype=dtype)
+    out = logit_scalars(logits, torch.tensor([0, -100]), torch.float32)
+    assert out["train_accuracy"] == 1.0 and out["sc_fraction"] == 1.0  # the -100 row is left out
+    assert out["logit_norm"] == pytest.approx(30.0) and out["max_logit_mean"] == pytest.approx(30.0)
+    from landscape.callbacks import _total_norm
+
+    tensors = [torch.full((4,), 1.5, dtype=dtype), torch.full((3, 3), 0.5), torch.ones(2, dtype=torch.float64)]
+    assert _total_norm(tensors) == pytest.approx(math.sqrt(4 * 2.25 + 9 * 0.25 + 2), rel=1e-6)
+    assert math.isnan(_total_norm([]))
+
+
 def test_logit_scalars_hand_values_and_sequence_outputs() -> None:
     logits = torch.tensor([[30.0, 0.0], [1.0, 2.0]])
     targets = torch.tensor([0, 0])
