@@ -40,11 +40,11 @@ from typing import Any
 # Each private name imported as itself (`_x as _x`) was importable from landscape.callbacks before it became
 # a package, and stays importable from here.
 from landscape.callbacks.cadence import Cadence
-from landscape.callbacks.hf import HFHooks, build_hf_callback
+from landscape.callbacks.hf import HFHooks, LogitsOnly, build_hf_callback
 from landscape.callbacks.lightning import LightningHooks, build_lightning_callback
 from landscape.callbacks.lightning import _loss_of as _loss_of
 from landscape.callbacks.monitor import MONITOR_PROBE as MONITOR_PROBE
-from landscape.callbacks.monitor import LogitsOnly, Monitor
+from landscape.callbacks.monitor import Monitor
 from landscape.callbacks.monitor import _MemoryCheckpoint as _MemoryCheckpoint
 from landscape.callbacks.monitor import _monitor_from as _monitor_from
 from landscape.callbacks.monitor import _ProbeSpec as _ProbeSpec

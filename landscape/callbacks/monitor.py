@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from landscape.probe import Probe, Result
     from landscape.store import Store
 
-__all__ = ["MONITOR_PROBE", "LogitsOnly", "Monitor", "rng_preserved"]
+__all__ = ["MONITOR_PROBE", "Monitor", "rng_preserved"]
 
 MONITOR_PROBE = "monitor"
 
@@ -557,26 +557,3 @@ def _monitor_from(monitor: Monitor | None, kwargs: dict[str, Any], what: str) ->
             raise TypeError(f"{what}: monitor must be a landscape.callbacks.Monitor, got {type(monitor).__name__}.")
         return monitor
     return Monitor(**kwargs)
-
-
-class LogitsOnly(nn.Module):
-    """Present a model whose forward returns a dict/ModelOutput as one returning its ``logits`` tensor."""
-
-    def __init__(self, model: nn.Module, key: str = "logits") -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.model(*args, **kwargs)
-        if isinstance(out, torch.Tensor):
-            return out
-        if isinstance(out, Mapping) and self.key in out:
-            return out[self.key]
-        value = getattr(out, self.key, None)
-        if isinstance(value, torch.Tensor):
-            return value
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            return out[0]
-        raise TypeError(f"model output has no {self.key!r} tensor (got {type(out).__name__}).")
-
