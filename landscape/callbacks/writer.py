@@ -1,8 +1,10 @@
 """The monitor's background store writer: records are committed off the training thread, many per commit.
 
 The training thread hands each record (a result, an error, run metadata) to :meth:`StoreWriter.put`, which
-only appends it to a bounded queue; a daemon thread takes what has gathered and writes it inside one
-``Store.batch()`` transaction (each record still all or nothing, as a savepoint).
+only appends it to a bounded queue (no lock, no thread woken); a daemon thread wakes every ``linger``
+seconds, takes what has gathered and writes it inside one ``Store.batch()`` transaction (each record
+still all or nothing, as a savepoint). Waking on its own timer rather than at each put keeps the thread
+switch out of the training step; an idle writer costs one wake-up per ``linger``.
 
 * Nothing is dropped: when the queue is full, :meth:`put` blocks until the writer has taken records off it
   (the training thread waits for a commit, it never loses a record); :attr:`WriterStats.waits` counts it.
@@ -10,8 +12,9 @@ only appends it to a bounded queue; a daemon thread takes what has gathered and 
   only a crash of the process (or ``os._exit``) loses the records not yet committed — the writer commits
   whatever has gathered after at most ``linger`` seconds.
 * A failing write (disk full, database locked past its timeout) never reaches the training thread: the
-  record is kept aside and reported, with the same message as before, to ``warn`` by :meth:`report`, which
-  the owner calls from its own thread (so warnings keep their usual filters and place).
+  record is kept aside and reported (``could not write … at step N (…); training continues without it.``)
+  to ``warn`` by :meth:`report`, which the owner calls from its own thread (so warnings keep their usual
+  filters and place).
 * Threads: the store's connection is opened with ``check_same_thread=False`` and every use of it holds the
   store's lock (``landscape.store``), so the writer thread and the training thread share it safely; a
   batch holds the lock only while it commits.
