@@ -1,21 +1,24 @@
-"""Step-time overhead of ``landscape.callbacks.Monitor`` at its default cadence (cheap scalars only).
+"""Cost of ``landscape.callbacks.Monitor`` on a training loop, as a ratio to the same loop without it.
 
-Two training loops, each timed without a monitor and with one (``every=10``, no registered probes):
+The loop is the hardest case for any per-step cost: scikit-learn digits, a [64 → 256 → 10] MLP, batches of
+128, SGD with momentum — about half a millisecond per step on one CPU thread. The monitor records its cheap
+scalars (no registered probes) every 1, 10 and 100 steps, from the step's own loss, logits and targets
+("outputs"), and every 10 steps from a forward pass over a fixed 512-sample subset ("subset"); its records
+go to a run store through the background writer, as in training.
 
-* ``modadd-fullbatch`` — modular addition (p = 97, half the pairs), bias-free [200, 200] ReLU MLP,
-  full-batch AdamW: the grokking example's loop (tens of milliseconds per step on a CPU).
-* ``digits-minibatch`` — scikit-learn digits, [64 → 128 → 10] MLP, mini-batches of 64, SGD: a loop whose
-  steps take well under a millisecond, the hardest case for any per-step overhead.
+Variants alternate within each repeat (their order rotating), and each is compared with the plain loop of
+its own repeat, so slow phases of a shared machine hit both sides of every ratio; the table gives the
+median over repeats. Columns:
 
-"with (outputs)" passes the step's loss, logits and targets to ``monitor.step`` (no extra work beyond
-the scalars); "with (subset)" passes nothing, so the monitor runs one forward pass on a fixed subset of
-512 training samples at each record; a third variant records ten times less often. Repeats alternate
-between the variants and the table reports medians, so slow phases of a shared machine hit every variant
-alike. Two columns: the wall-clock overhead (difference of median step times, as noisy as the machine —
-the "without again" row, a second plain loop, shows that noise) and the time spent inside
-``monitor.step`` as a share of the plain step (a direct, far less noisy measure of the same cost).
+* ``wall ×``: wall-clock time per step over the plain loop's (the "without again" row, a second plain loop,
+  shows the noise floor of this column);
+* ``cpu ×``: the process's CPU time (every thread: the writer's work included) over the plain loop's —
+  far less sensitive to other processes on the machine;
+* ``in step %``: the time spent inside ``monitor.step`` on the training thread, as a share of the plain step.
 
-    python benchmarks/callback_overhead.py [--steps 300] [--repeats 5] [--every 10] [--quick]
+``--full-batch`` adds the grokking example's loop (modular addition, full-batch AdamW, tens of ms per step).
+
+    python benchmarks/callback_overhead.py [--quick] [--steps 2000] [--repeats 5] [--threads 1] [--full-batch]
 """
 
 from __future__ import annotations
@@ -32,9 +35,56 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.callbacks import Monitor
-from landscape.store import Store
 
-Loop = Callable[[int, Monitor | None, bool], tuple[float, float]]
+Loop = Callable[[int, "Monitor | None", bool], tuple[float, float, float]]
+
+
+def _timed(steps: int, step: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+           model: nn.Module, optimizer: torch.optim.Optimizer, monitor: Monitor | None,
+           pass_outputs: bool) -> tuple[float, float, float]:
+    """(wall s/step, CPU s/step, s/step inside ``monitor.step``) of ``steps`` training steps; the monitor's
+    close (its last commit) is counted in."""
+    inside = 0.0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for index in range(steps):
+        loss, outputs, targets = step(index)
+        if monitor is not None:
+            entered = time.perf_counter()
+            if pass_outputs:
+                monitor.step(model, index, optimizer, loss=loss, outputs=outputs, targets=targets)
+            else:
+                monitor.step(model, index, optimizer)
+            inside += time.perf_counter() - entered
+    if monitor is not None:
+        monitor.close()
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps, inside / steps
+
+
+def digits_loop(batch_size: int = 128, hidden: int = 256) -> tuple[Loop, tuple[torch.Tensor, torch.Tensor]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+
+    def run(steps: int, monitor: Monitor | None, pass_outputs: bool) -> tuple[float, float, float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        order = torch.randperm(len(y))
+
+        def step(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            batch = order[(index * batch_size) % (len(y) - batch_size):][:batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(x[batch])
+            loss = F.cross_entropy(outputs, y[batch])
+            loss.backward()
+            optimizer.step()
+            return loss, outputs, y[batch]
+
+        return _timed(steps, step, model, optimizer, monitor, pass_outputs)
+
+    return run, (x, y)
 
 
 def modular_addition_loop(modulus: int = 97) -> tuple[Loop, tuple[torch.Tensor, torch.Tensor]]:
@@ -45,115 +95,81 @@ def modular_addition_loop(modulus: int = 97) -> tuple[Loop, tuple[torch.Tensor, 
     keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[: len(y) // 2]
     x, y = x[keep], y[keep]
 
-    def run(steps: int, monitor: Monitor | None, pass_outputs: bool) -> float:
+    def run(steps: int, monitor: Monitor | None, pass_outputs: bool) -> tuple[float, float, float]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(2 * modulus, 200, bias=False), nn.ReLU(), nn.Linear(200, 200, bias=False),
                               nn.ReLU(), nn.Linear(200, modulus, bias=False))
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, betas=(0.9, 0.98), weight_decay=0.0)
-        inside = 0.0
-        start = time.perf_counter()
-        for step in range(steps):
+
+        def step(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             optimizer.zero_grad(set_to_none=True)
             outputs = model(x)
             loss = F.cross_entropy(outputs, y)
             loss.backward()
             optimizer.step()
-            if monitor is not None:
-                entered = time.perf_counter()
-                if pass_outputs:
-                    monitor.step(model, step, optimizer, loss=loss, outputs=outputs, targets=y)
-                else:
-                    monitor.step(model, step, optimizer)
-                inside += time.perf_counter() - entered
-        return (time.perf_counter() - start) / steps, inside / steps
+            return loss, outputs, y
+
+        return _timed(steps, step, model, optimizer, monitor, pass_outputs)
 
     return run, (x, y)
 
 
-def digits_loop(batch_size: int = 64) -> tuple[Loop, tuple[torch.Tensor, torch.Tensor]]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-
-    def run(steps: int, monitor: Monitor | None, pass_outputs: bool) -> float:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        order = torch.randperm(len(y))
-        inside = 0.0
-        start = time.perf_counter()
-        for step in range(steps):
-            index = order[(step * batch_size) % (len(y) - batch_size):][:batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(x[index])
-            loss = F.cross_entropy(outputs, y[index])
-            loss.backward()
-            optimizer.step()
-            if monitor is not None:
-                entered = time.perf_counter()
-                if pass_outputs:
-                    monitor.step(model, step, optimizer, loss=loss, outputs=outputs, targets=y[index])
-                else:
-                    monitor.step(model, step, optimizer)
-                inside += time.perf_counter() - entered
-        return (time.perf_counter() - start) / steps, inside / steps
-
-    return run, (x, y)
-
-
-def measure(name: str, loop: Loop, data: tuple, steps: int, repeats: int, every: int, store: Store) -> list[tuple]:
-    """Median ms/step without and with a monitor, and the share of the step spent inside ``monitor.step``.
-
-    Two plain variants ("without", "without again") alternate with the monitored ones: their difference
-    shows how much two identical loops differ on this machine (the noise floor of the wall-clock column).
-    """
-    variants = {
-        "without": (None, True), "with (outputs)": (every, True), "with (subset)": (every, False),
-        "without again": (None, True), f"outputs, every {10 * every}": (10 * every, True),
-    }
-    times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-    loop(max(steps // 10, 5), None, True)  # warm-up: allocator, kernels, lazy imports
+def measure(name: str, loop: Loop, data: tuple, steps: int, repeats: int, folder: Path,
+            cadences: tuple[int, ...]) -> list[tuple]:
+    """Rows (loop, variant, ms/step plain, ms/step with, wall ×, cpu ×, in step %), medians over repeats."""
+    variants: dict[str, tuple[int | None, bool]] = {"without": (None, True), "without again": (None, True)}
+    variants.update({f"outputs, every {c}": (c, True) for c in cadences})
+    variants["subset, every 10"] = (10, False)
+    samples: dict[str, list[tuple[float, float, float, float, float]]] = {v: [] for v in variants}
+    loop(max(steps // 5, 50), None, True)  # warm-up: allocator, kernels, lazy imports
+    names = list(variants)
     for repeat in range(repeats):
-        for variant, (cadence, pass_outputs) in variants.items():
+        order = names[repeat % len(names):] + names[: repeat % len(names)]
+        times = {}
+        for variant in order:
+            cadence, pass_outputs = variants[variant]
             monitor = None
             if cadence is not None:
-                monitor = Monitor(store, f"{name}-{variant}-{repeat}", every=cadence, data=data, loss_fn=F.cross_entropy)
-            times[variant].append(loop(steps, monitor, pass_outputs))
-    base = statistics.median(t for t, _ in times["without"])
+                monitor = Monitor(folder / f"{name}.sqlite", f"{variant}-{repeat}", every=cadence, data=data,
+                                  loss_fn=F.cross_entropy)
+            times[variant] = loop(steps, monitor, pass_outputs)
+        wall0, cpu0, _ = times["without"]
+        for variant, (wall, cpu, inside) in times.items():
+            samples[variant].append((wall0, wall, wall / wall0, cpu / cpu0, inside / wall0))
     rows = []
-    for variant in variants:
-        if variant == "without":
-            continue
-        total = statistics.median(t for t, _ in times[variant])
-        inside = statistics.median(i for _, i in times[variant])
-        rows.append((name, variant, steps, base * 1e3, total * 1e3, 100.0 * (total - base) / base, 100.0 * inside / base))
+    for variant in names[1:]:
+        columns = list(zip(*samples[variant]))
+        plain, wall, wall_ratio, cpu_ratio, inside = (statistics.median(c) for c in columns)
+        rows.append((name, variant, plain * 1e3, wall * 1e3, wall_ratio, cpu_ratio, 100.0 * inside))
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[tuple]:
-    parser = argparse.ArgumentParser(description="Step-time overhead of the training Monitor (cheap scalars only).")
-    parser.add_argument("--steps", type=int, default=300, help="steps per timed loop (digits runs 10x as many)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--every", type=int, default=10, help="monitor cadence (the default is 10)")
-    parser.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
+    parser = argparse.ArgumentParser(description="Step-time cost of the training Monitor, as ratios to the bare loop.")
+    parser.add_argument("--steps", type=int, default=3000, help="steps per timed loop (the full-batch loop: 1/20)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a steady step)")
+    parser.add_argument("--full-batch", action="store_true", help="also time the full-batch modular-addition loop")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (about a minute)")
     args = parser.parse_args(argv)
-    steps, repeats = (20, 1) if args.quick else (args.steps, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; monitor every {args.every} steps; "
-          f"median of {repeats} alternating repeats")
+    steps, repeats = (1000, 3) if args.quick else (args.steps, args.repeats)
+    torch.set_num_threads(args.threads)
+    cadences = (1, 10, 100)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); cheap scalars only (no probes); "
+          f"median over {repeats} repeats, variants alternating")
     rows: list[tuple] = []
-    with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "overhead.sqlite") as store:
-        run, data = modular_addition_loop()
-        rows += measure("modadd-fullbatch", run, data, steps, repeats, args.every, store)
+    with tempfile.TemporaryDirectory() as folder:
         run, data = digits_loop()
-        rows += measure("digits-minibatch", run, data, steps * 10, repeats, args.every, store)
-    print(f"\n{'loop':<18}{'variant':<22}{'steps':>7}{'ms/step without':>17}{'ms/step with':>14}"
-          f"{'wall overhead %':>17}{'in monitor %':>14}")
-    for name, variant, n, without, with_monitor, overhead, inside in rows:
-        print(f"{name:<18}{variant:<22}{n:>7}{without:>17.3f}{with_monitor:>14.3f}{overhead:>17.1f}{inside:>14.2f}")
-    print("\nwall overhead: difference of median step times (compare the 'without again' row: the noise floor);"
-          "\nin monitor: median time spent inside monitor.step, as a share of the plain step time.")
+        rows += measure("digits-minibatch", run, data, steps, repeats, Path(folder), cadences)
+        if args.full_batch:
+            run, data = modular_addition_loop()
+            rows += measure("modadd-fullbatch", run, data, max(steps // 20, 20), repeats, Path(folder), (10,))
+    print(f"\n{'loop':<18}{'variant':<20}{'ms/step without':>16}{'ms/step with':>14}{'wall ×':>9}{'cpu ×':>9}"
+          f"{'in step %':>11}")
+    for name, variant, plain, with_monitor, wall, cpu, inside in rows:
+        print(f"{name:<18}{variant:<20}{plain:>16.3f}{with_monitor:>14.3f}{wall:>9.3f}{cpu:>9.3f}{inside:>11.2f}")
+    print("\nwall ×, cpu ×: per-repeat ratios to the plain loop of the same repeat (compare 'without again', the "
+          "noise floor);\nin step %: time inside monitor.step on the training thread, as a share of the plain step.")
     return rows
 
 

@@ -5,7 +5,8 @@ Design:
   code version and what it was computed from (data, loss, model factory: ``landscape.identity``); the
   checkpoint file's SHA-256 is stored beside it and must match too. ``inputs_json`` records those inputs.
 * One result is written in one transaction (scalars and arrays together): a crash never leaves half a
-  result. WAL mode lets the dashboard read while a training callback writes.
+  result. WAL mode lets the dashboard read while a training callback writes. ``Store.batch()`` groups
+  many writes into one commit (each still all or nothing, as a savepoint), for a background writer.
 * Long probes save finished rows (``partial_rows``) as they go so an interrupted grid resumes; the
   rows are deleted when the whole result is written.
 * ``claims`` holds the leases of results being computed (``landscape.leases``); writing a result releases
@@ -16,6 +17,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -111,6 +113,7 @@ class Store:
         self.readonly = readonly
         self.immutable = False
         self._lock = threading.RLock()
+        self._batched = False  # a batch() transaction is open (by the thread holding the lock)
         if readonly:
             self._db, self.version, self.immutable = open_readonly(self.path)
         else:
@@ -138,9 +141,23 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write, all or nothing: its own transaction, or a savepoint inside an open :meth:`batch`
+        (so a failing write leaves the batch's other writes in place)."""
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only.")
         with self._lock:
+            if self._batched:
+                self._db.execute("SAVEPOINT one_write")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled the whole batch back itself
+                        self._db.execute("ROLLBACK TO one_write")
+                        self._db.execute("RELEASE one_write")
+                    raise
+                else:
+                    self._db.execute("RELEASE one_write")
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -149,6 +166,40 @@ class Store:
                 raise
             else:
                 self._db.execute("COMMIT")
+
+    def atomic(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A group of writes that is all or nothing: its own transaction, or inside :meth:`batch` a
+        savepoint (writes such as :meth:`write_result` nest inside it there)."""
+        return self._transaction()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit every write made inside in one transaction (one commit for many records: a background
+        writer's batches). Each write stays atomic on its own; an exception out of the block rolls them
+        all back. The store's lock is held throughout, so other threads wait for the commit."""
+        if self.readonly:
+            raise StoreError(f"store {self.path} is open read-only.")
+        with self._lock:
+            if self._batched:  # nested: part of the batch already open
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._batched = True
+            try:
+                yield
+            except BaseException:
+                self._batched = False
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._batched = False
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
 
     # -- runs and checkpoints -----------------------------------------------------------------------
     def add_run(self, run: str, meta: Mapping[str, Any] | None = None) -> None:

@@ -1,8 +1,10 @@
 """Watch a training run live: cheap scalars every few steps, registered probes on their own cadence.
 
 :class:`Monitor` is called from any training loop (``monitor.step(model, step, ...)``) and writes into a
-run store, one committed record at a time, so the dashboard can follow the run while it trains and a
-crash loses at most the record being written. Two kinds of records:
+run store through a background writer that commits the records in batches (``writer``), so the dashboard
+follows the run while it trains (at most ``linger`` seconds behind), the training thread never waits for
+SQLite, and only a crash of the process loses the records not yet committed. Under ``torch.distributed``
+only rank 0 writes. Two kinds of records:
 
 * ``monitor`` (every ``every`` steps, cheap): ``train_loss`` (the loss passed in, else measured), ``lr``
   (read from the optimizer), ``grad_norm`` (from the ``.grad`` already there — no extra backward),
@@ -26,8 +28,9 @@ need their framework only then. ``Monitor(..., sinks=[TensorBoardSink(logdir), W
 sends every scalar it records (and the histograms) to TensorBoard or Weights & Biases.
 
 The package, one job per module: ``cadence`` (when things run), ``scalars`` (the cheap measurements),
-``monitor`` (the :class:`Monitor` and its record writing), ``sinks`` (TensorBoard, Weights & Biases),
-``lightning`` and ``hf`` (the adapters).
+``state`` (training state kept untouched), ``monitor`` (the :class:`Monitor`: what is recorded when),
+``writer`` (the background store writer), ``sinks`` (TensorBoard, Weights & Biases), ``lightning`` and
+``hf`` (the adapters).
 """
 
 from __future__ import annotations
@@ -37,13 +40,11 @@ from typing import Any
 # Each private name imported as itself (`_x as _x`) was importable from landscape.callbacks before it became
 # a package, and stays importable from here.
 from landscape.callbacks.cadence import Cadence
-from landscape.callbacks.hf import HFHooks, build_hf_callback
+from landscape.callbacks.hf import HFHooks, LogitsOnly, build_hf_callback
 from landscape.callbacks.lightning import LightningHooks, build_lightning_callback
 from landscape.callbacks.lightning import _loss_of as _loss_of
 from landscape.callbacks.monitor import MONITOR_PROBE as MONITOR_PROBE
-from landscape.callbacks.monitor import LogitsOnly, Monitor, rng_preserved
-from landscape.callbacks.monitor import _device_of as _device_of
-from landscape.callbacks.monitor import _eval_mode as _eval_mode
+from landscape.callbacks.monitor import Monitor
 from landscape.callbacks.monitor import _MemoryCheckpoint as _MemoryCheckpoint
 from landscape.callbacks.monitor import _monitor_from as _monitor_from
 from landscape.callbacks.monitor import _ProbeSpec as _ProbeSpec
@@ -53,11 +54,15 @@ from landscape.callbacks.scalars import _float_dtype as _float_dtype
 from landscape.callbacks.scalars import _total_norm as _total_norm
 from landscape.callbacks.scalars import logit_scalars, read_lr
 from landscape.callbacks.sinks import Sink, SinkSet, TensorBoardSink, WandbSink
+from landscape.callbacks.state import _device_of as _device_of
+from landscape.callbacks.state import _eval_mode as _eval_mode
+from landscape.callbacks.state import rng_preserved
+from landscape.callbacks.writer import StoreWriter
 
 # The adapters LandscapeCallback/MonitorCallback and LandscapeTrainerCallback are served by __getattr__ below
 # (built on first access), so they are not listed here: `import *` must not need either framework.
-__all__ = ["Cadence", "HFHooks", "LightningHooks", "LogitsOnly", "Monitor", "Sink", "SinkSet", "TensorBoardSink",
-           "WandbSink", "logit_scalars", "read_lr", "rng_preserved"]
+__all__ = ["Cadence", "HFHooks", "LightningHooks", "LogitsOnly", "Monitor", "Sink", "SinkSet", "StoreWriter",
+           "TensorBoardSink", "WandbSink", "logit_scalars", "read_lr", "rng_preserved"]
 
 # The built adapter classes, read from this namespace at every lookup (a test may swap it for an empty one).
 _ADAPTERS: dict[str, type] = {}

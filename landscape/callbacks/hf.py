@@ -7,13 +7,37 @@ access by :func:`build_hf_callback`, so importing ``landscape.callbacks`` never 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
-from landscape.callbacks.monitor import LogitsOnly, Monitor, _monitor_from
+from landscape.callbacks.monitor import Monitor, _monitor_from
 
-__all__ = ["HFHooks", "build_hf_callback"]
+__all__ = ["HFHooks", "LogitsOnly", "build_hf_callback"]
+
+
+class LogitsOnly(nn.Module):
+    """Present a model whose forward returns a dict/ModelOutput as one returning its ``logits`` tensor."""
+
+    def __init__(self, model: nn.Module, key: str = "logits") -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, Mapping) and self.key in out:
+            return out[self.key]
+        value = getattr(out, self.key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            return out[0]
+        raise TypeError(f"model output has no {self.key!r} tensor (got {type(out).__name__}).")
 
 
 class HFHooks:

@@ -1,9 +1,12 @@
 """The :class:`Monitor`: cheap scalars and registered probes written into a run store during training.
 
-Each record is one committed write, so a reader can follow the run live and a crash loses at most the
-record being written. Measuring leaves the training state exactly as it was (weights, buffers, modes,
-gradients, optimizer state, random number generators); a failing probe or store write is recorded or
-warned about once, and training goes on. The package docstring (``landscape.callbacks``) lists what
+The training thread measures; the records go to a background writer (``writer.py``) that commits them in
+batches, so a reader follows the run live (at most ``linger`` seconds behind) and the training thread
+never waits for SQLite. Everything queued is committed at ``flush``/``close`` and at interpreter exit;
+only a crash of the process loses the records not yet committed. Under ``torch.distributed`` only rank 0
+opens and writes the store. Measuring leaves the training state exactly as it was (weights, buffers,
+modes, gradients, optimizer state, random number generators); a failing probe or store write is recorded
+or warned about once, and training goes on. The package docstring (``landscape.callbacks``) lists what
 each record holds.
 """
 
@@ -11,23 +14,21 @@ from __future__ import annotations
 
 import copy
 import math
-import random
-import sqlite3
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from landscape.callbacks.cadence import Cadence
 from landscape.callbacks.loss_guard import MeanLossGuard
-from landscape.callbacks.scalars import _float_dtype, _total_norm, logit_scalars, read_lr
+from landscape.callbacks.scalars import Gather, _float_dtype, add_logits, add_norms, read_lr
 from landscape.callbacks.sinks import SinkSet
+from landscape.callbacks.state import _device_of, _eval_mode, rng_preserved
+from landscape.callbacks.writer import WRITE_ERRORS, Record, StoreWriter, writes_here
 from landscape.checkpoints import Checkpoint, sha256
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossError, LossFn, check_scalar_loss, evaluate
@@ -38,43 +39,9 @@ if TYPE_CHECKING:
     from landscape.probe import Probe, Result
     from landscape.store import Store
 
-__all__ = ["MONITOR_PROBE", "LogitsOnly", "Monitor", "rng_preserved"]
+__all__ = ["MONITOR_PROBE", "Monitor", "rng_preserved"]
 
 MONITOR_PROBE = "monitor"
-
-
-# -- keeping training state untouched -------------------------------------------------------------------
-@contextmanager
-def rng_preserved() -> Iterator[None]:
-    """Restore the Python, NumPy and torch (CPU and initialized CUDA) generator states on exit."""
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 # -- the monitor ------------------------------------------------------------------------------------------
@@ -107,11 +74,18 @@ class Monitor:
     them in the store; otherwise the weights of the previous probe step are kept in memory
     (``keep_previous``) so trajectory quantities (feature change) still work. ``probe_device`` runs the
     probes on a copy of the model on that device. ``sc_dtype``: the softmax dtype whose collapse
-    ``sc_fraction`` counts. ``sync`` sets the store connection's commit durability (``"normal"``: each
-    record is committed on its own and survives a crash of the training process, only an OS crash or
-    power loss may drop the latest ones — several times cheaper per record than ``"full"``; None leaves
-    the store as it is). ``sinks``: objects that also receive every scalar recorded, as ``(name, value,
-    step)``, and the histograms (see :mod:`landscape.callbacks.sinks`); a failing sink warns once.
+    ``sc_fraction`` counts. ``sync`` sets the store connection's commit durability (``"normal"``: a
+    committed batch survives a crash of the training process, only an OS crash or power loss may drop
+    the latest ones — several times cheaper per commit than ``"full"``; None leaves the store as it is).
+    ``sinks``: objects that also receive every scalar recorded, as ``(name, value, step)``, and the
+    histograms (see :mod:`landscape.callbacks.sinks`); a failing sink warns once.
+
+    Records are written by a background thread (:class:`~landscape.callbacks.writer.StoreWriter`):
+    ``max_pending`` bounds its queue (a full queue makes ``step`` wait, it never drops a record) and
+    ``linger`` is the longest a record waits to be committed with others. The store is opened at the first
+    ``step`` (or the first read of :attr:`store`), once a ``torch.distributed`` process group, if any, is
+    up: on ranks other than 0 it is never opened and the sinks are not fed, though every rank measures
+    and runs the probes alike (a model's collectives stay matched).
     """
 
     def __init__(
@@ -141,6 +115,8 @@ class Monitor:
         seed: int = 0,
         sync: str | None = "normal",
         sinks: Sequence[Any] | None = None,
+        max_pending: int = 1024,
+        linger: float = 0.05,
     ) -> None:
         from landscape.store import Store
 
@@ -174,17 +150,22 @@ class Monitor:
         self.save_checkpoints = bool(save_checkpoints)
         self.checkpoint_cadence = None if checkpoint_every is None else Cadence(checkpoint_every)
         if isinstance(store, Store):
-            self.store, self._owns_store = store, False
+            if store.readonly:
+                raise ValueError(f"store {store.path} is open read-only; the monitor needs to write.")
+            self._store, self._store_path, self._owns_store = store, store.path, False
         elif isinstance(store, (str, Path)):
-            self.store, self._owns_store = Store(store), True
+            self._store, self._store_path, self._owns_store = None, Path(store), True
         else:
             raise TypeError(f"store must be a path or a landscape.store.Store, got {type(store).__name__}.")
-        if self.store.readonly:
-            raise ValueError(f"store {self.store.path} is open read-only; the monitor needs to write.")
-        if sync is not None:
-            self.store.set_synchronous(sync)
+        if sync is not None and str(sync).upper() not in ("FULL", "NORMAL"):
+            raise ValueError(f"sync must be 'normal', 'full' or None, got {sync!r}.")
+        self._sync = sync
+        self._writer_options = {"max_pending": max_pending, "linger": linger}
+        StoreWriter.check_options(**self._writer_options)
+        self._writer: StoreWriter | None = None
+        self._writes: bool | None = None  # decided at the first step: False on ranks other than 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (
-            self.store.path.parent / "checkpoints" / _safe_name(run)
+            self._store_path.parent / "checkpoints" / _safe_name(run)
         )
         self._checkpoints: list[Checkpoint] = []
         self._previous: _MemoryCheckpoint | None = None
@@ -192,14 +173,53 @@ class Monitor:
         self._warned: set[str] = set()
         self._wake = -(2**63)  # no step is skipped before the first call
         self._loss_guard = MeanLossGuard(loss_fn)
-        run_meta: dict[str, Any] = {
+        from landscape.store import config_hash
+
+        self._record_params = {"every": self.cadence.every, "sc_dtype": str(self.sc_dtype)}
+        self._record_config = config_hash(MONITOR_PROBE, self._record_params)  # hashed once, not per record
+        self._run_meta: dict[str, Any] = {
             "monitor_every": every,
             "probes": {s.name: s.params for s in self._specs},
             **dict(meta or {}),
         }
         if label is not None:
-            run_meta["label"] = label
-        self.store.add_run(run, run_meta)
+            self._run_meta["label"] = label
+
+    # -- the store, opened on first use ------------------------------------------------------------------
+    def _open(self) -> bool:
+        """Open the store and start its writer on the first call (the rank is known by then); True where
+        this process writes."""
+        if self._writes is None:
+            self._writes = writes_here()
+            if self._writes:
+                from landscape.store import Store
+
+                if self._store is None:
+                    self._store = Store(self._store_path)
+                if self._sync is not None:
+                    self._store.set_synchronous(self._sync)
+                self._store.add_run(self.run, self._run_meta)
+                self._writer = StoreWriter(self._store, self._warn_once, **self._writer_options)
+        return self._writes
+
+    @property
+    def store(self) -> Store | None:
+        """The run store (opened here if no step has opened it yet); every record queued so far is
+        committed before it is returned, so what is read from it is up to date. None on a rank other
+        than 0 that was given a path (it never opens the store)."""
+        if self._open():
+            self._commit_queued()
+        return self._store
+
+    def _commit_queued(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.report()
+
+    def _write(self, what: str, step: int | None, write: Callable[[Store], object]) -> None:
+        """Queue one store write for the background writer (nothing on ranks that do not write)."""
+        if self._writer is not None:
+            self._writer.put(Record(what, step, write, atomic=True))  # each write is one Store call
 
     # -- setup -----------------------------------------------------------------------------------------
     @staticmethod
@@ -266,20 +286,23 @@ class Monitor:
         if not (cheap or due or save):
             self._wake = self._first_due(step)
             return None
+        writes = self._open()
         lr = read_lr(optimizer)
         if lr is not None and lr != self._lr:
-            self._stored("the learning rate", step, lambda: self.store.add_run(self.run, {"lr": lr}))
+            self._write("the learning rate", step, lambda store: store.add_run(self.run, {"lr": lr}))
             self._lr = lr
         written = None
         if cheap:
             self.cadence.mark(step)
             written = self._record_monitor(model, step, optimizer, loss, outputs, targets, force)
-        if save:
-            self._stored("the checkpoint", step, lambda: self._save_checkpoint(model, step))
+        if save and writes:  # rank 0 writes the files; the weights are the same on every rank
+            self._save_checkpoint(model, step)
         if due:
             with rng_preserved():
                 self._run_probes(model, step, due, optimizer)
         self._wake = self._first_due(step + 1)
+        if self._writer is not None:
+            self._writer.report()
         return written
 
     def _first_due(self, step: int) -> int:
@@ -294,30 +317,31 @@ class Monitor:
         from landscape.probe import Result
 
         try:
-            scalars = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force)
+            scalars = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force).floats()
         except Exception as error:  # a broken measurement must not stop training
             self._fail(MONITOR_PROBE, step, f"{type(error).__name__}: {error}")
             return None
         bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
-        result = Result(scalars=scalars, params={"every": self.cadence.every, "sc_dtype": str(self.sc_dtype)})
+        result = Result(scalars=scalars, params=self._record_params)
         if bad:
             result.valid, result.message = False, f"non-finite: {', '.join(bad)}"
             self._warn_once(MONITOR_PROBE, f"monitor scalars are not finite at step {step} ({', '.join(bad)}).")
-        self._stored("the monitor scalars", step, lambda: self.store.write_result(self.run, step, MONITOR_PROBE, result))
-        self.sinks.record(MONITOR_PROBE, scalars, step)
+        self._write("the monitor scalars", step, lambda store: store.write_result(
+            self.run, step, MONITOR_PROBE, result, config=self._record_config, params_hash=self._record_config))
+        if self._writes:
+            self.sinks.record(MONITOR_PROBE, scalars, step)
         return scalars
 
     def _monitor_scalars(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
-                         outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> dict[str, float]:
-        scalars: dict[str, float] = {}
+                         outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> Gather:
+        """The record's values, left on the device where they are measured (one transfer for all, later)."""
+        scalars = Gather()
         lr = read_lr(optimizer)
         if lr is not None:
-            scalars["lr"] = lr
+            scalars.add("lr", lr)
         params = [p for p in model.parameters() if p.requires_grad]
         grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            scalars["grad_norm"] = _total_norm(grads)
-        scalars["weight_norm"] = _total_norm(params)
+        add_norms(scalars, {"grad_norm": grads, "weight_norm": params} if grads else {"weight_norm": params})
         if outputs is not None:
             if loss is None:
                 loss = find_model_loss(outputs)
@@ -326,27 +350,26 @@ class Monitor:
                 self._loss_guard.check(logits.detach(), targets)
                 with rng_preserved(), torch.no_grad():
                     loss = check_scalar_loss(self.loss_fn(logits.detach(), targets))
-            scalars.update(logit_scalars(logits, targets, self.sc_dtype))
+            add_logits(scalars, logits, targets, self.sc_dtype)
         elif self._data is not None:
-            measured = self._forward_subset(model)
-            if loss is None and "train_loss" in measured:
-                loss = measured.pop("train_loss")
-            measured.pop("train_loss", None)
-            scalars.update(measured)
+            measured = self._forward_subset(model, scalars)
+            if loss is None:
+                loss = measured
         if loss is not None:
-            scalars["train_loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+            scalars.add("train_loss", loss if isinstance(loss, torch.Tensor) else float(loss))
         if self._test is not None and self.loss_fn is not None and (force or self.test_cadence.due(step)):
             self.test_cadence.mark(step)
             test_data = self._on(self._test, _device_of(model), "test", None)
             with rng_preserved(), _eval_mode(model):
                 self._loss_guard.check_on(model, test_data)
                 test = evaluate(model, self.loss_fn, test_data)
-            scalars["test_loss"] = test.loss
+            scalars.add("test_loss", test.loss)
             if test.accuracy is not None:
-                scalars["test_accuracy"] = test.accuracy
+                scalars.add("test_accuracy", test.accuracy)
         return scalars
 
-    def _forward_subset(self, model: nn.Module) -> dict[str, float]:
+    def _forward_subset(self, model: nn.Module, scalars: Gather) -> float | None:
+        """One forward pass over the fixed subset: its logit scalars onto ``scalars``; returns its mean loss."""
         assert self._data is not None
         subset = self._on(self._data, _device_of(model), "subset", self.subset_size)
         objective = as_objective(self.loss_fn if self.loss_fn is not None else _no_loss, model)
@@ -365,11 +388,9 @@ class Monitor:
                     total += float(objective.loss(outputs, batch)) * weight
                     weights += weight
             flat = torch.cat(targets)
-            out = logit_scalars(torch.cat(logits), flat if flat.numel() == sum(len(x) for x in logits) else None,
-                                self.sc_dtype)
-            if weights:
-                out["train_loss"] = total / weights
-        return out
+            add_logits(scalars, torch.cat(logits), flat if flat.numel() == sum(len(x) for x in logits) else None,
+                       self.sc_dtype)
+        return total / weights if weights else None
 
     # -- registered probes -----------------------------------------------------------------------------------
     def _run_probes(self, model: nn.Module, step: int, due: list[_ProbeSpec], optimizer: object | None = None) -> None:
@@ -406,7 +427,8 @@ class Monitor:
                 ctx = ProbeContext(
                     model=target, loss_fn=self.loss_fn, train=train, test=test,  # type: ignore[arg-type]
                     device=device, step=step, run=self.run, checkpoints=checkpoints, load_state=load_state,
-                    lr=self._lr, partial=self.store.partial(self.run, step, spec.name, spec.config), progress=False,
+                    lr=self._lr, progress=False,
+                    partial=None if self._writer is None else self._store.partial(self.run, step, spec.name, spec.config),
                     optimizer_state=optimizer_state,
                 )
                 self._run_one(spec, ctx, step)
@@ -425,10 +447,11 @@ class Monitor:
             bad = sorted(k for k, v in result.scalars.items() if not math.isfinite(v))
             result.valid = False
             result.message = f"non-finite scalars: {', '.join(bad)}"
-        self._stored(f"probe {spec.name!r}", step,
-                     lambda: self.store.write_result(self.run, step, spec.name, result, config=spec.config))
+        self._write(f"probe {spec.name!r}", step,
+                    lambda store: store.write_result(self.run, step, spec.name, result, config=spec.config))
         if result.valid:
-            self.sinks.record(spec.name, result.scalars, step, result.arrays)
+            if self._writes:
+                self.sinks.record(spec.name, result.scalars, step, result.arrays)
         else:
             self._fail(spec.name, step, result.message or "invalid result", spec.config)
 
@@ -456,33 +479,32 @@ class Monitor:
         return [kept, here], load_memory
 
     def _save_checkpoint(self, model: nn.Module, step: int) -> None:
+        """Write the weights file here (the weights change with the next step) and queue its registration;
+        a file that cannot be written warns once and training goes on."""
         if self.checkpoint_cadence is not None and self.checkpoint_cadence.due(step):
             self.checkpoint_cadence.mark(step)
         if any(c.step == step for c in self._checkpoints):
             return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"step_{step:07d}.pt"
-        temporary = path.with_suffix(".pt.tmp")
-        torch.save({"state_dict": model.state_dict(), "step": step}, temporary)
-        temporary.replace(path)
-        self.store.add_checkpoint(self.run, step, path, sha256(path))
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".pt.tmp")
+            torch.save({"state_dict": model.state_dict(), "step": step}, temporary)
+            temporary.replace(path)
+            digest = sha256(path)
+        except WRITE_ERRORS as error:
+            self._warn_once("store: the checkpoint", f"could not write the checkpoint at step {step} "
+                                                     f"({type(error).__name__}: {error}); training continues without it.")
+            return
+        self._write("the checkpoint", step, lambda store: store.add_checkpoint(self.run, step, path, digest))
         self._checkpoints.append(Checkpoint(step, path))
 
     # -- failures ------------------------------------------------------------------------------------------
     def _fail(self, probe: str, step: int, message: str, config: str | None = None) -> None:
-        self._stored(f"the error of probe {probe!r}", step,
-                     lambda: self.store.write_error(self.run, step, probe, message, config=config))
+        self._write(f"the error of probe {probe!r}", step,
+                    lambda store: store.write_error(self.run, step, probe, message, config=config))
         self._warn_once(probe, f"probe {probe!r} failed at step {step}: {message} (recorded in the store; "
                                "training continues, further failures are recorded silently).")
-
-    def _stored(self, what: str, step: int, write: Callable[[], object]) -> None:
-        """Do one write to the store (or the checkpoint folder); if it fails (disk full, database locked
-        past its timeout), warn once and let training go on without that record."""
-        try:
-            write()
-        except (sqlite3.Error, OSError) as error:
-            self._warn_once(f"store: {what}", f"could not write {what} at step {step} ({type(error).__name__}: "
-                                              f"{error}); training continues without it.")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -491,14 +513,24 @@ class Monitor:
 
     # -- lifetime ---------------------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Flush the sinks (the store commits every record as it is written)."""
-        self.sinks.flush()
+        """Commit every queued record (reporting failed writes) and flush the sinks."""
+        self._commit_queued()
+        if self._writes:
+            self.sinks.flush()
 
     def close(self) -> None:
-        """Close the sinks, and the store if the monitor opened it."""
-        self.sinks.close()
-        if self._owns_store:
-            self.store.close()
+        """Commit every queued record and stop the writer; close the sinks, and the store if the monitor
+        opened it. A monitor that never stepped still registers its run (on the rank that writes)."""
+        if self._writes is None:
+            self._open()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer.report()
+            self._writer = None
+        if self._writes:
+            self.sinks.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> Monitor:
         return self
@@ -525,26 +557,3 @@ def _monitor_from(monitor: Monitor | None, kwargs: dict[str, Any], what: str) ->
             raise TypeError(f"{what}: monitor must be a landscape.callbacks.Monitor, got {type(monitor).__name__}.")
         return monitor
     return Monitor(**kwargs)
-
-
-class LogitsOnly(nn.Module):
-    """Present a model whose forward returns a dict/ModelOutput as one returning its ``logits`` tensor."""
-
-    def __init__(self, model: nn.Module, key: str = "logits") -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.model(*args, **kwargs)
-        if isinstance(out, torch.Tensor):
-            return out
-        if isinstance(out, Mapping) and self.key in out:
-            return out[self.key]
-        value = getattr(out, self.key, None)
-        if isinstance(value, torch.Tensor):
-            return value
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            return out[0]
-        raise TypeError(f"model output has no {self.key!r} tensor (got {type(out).__name__}).")
-

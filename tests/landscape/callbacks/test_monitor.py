@@ -84,6 +84,19 @@ def test_monitor_measures_on_a_subset_when_no_outputs_are_passed(tmp_path: Path)
     assert row["logit_norm"] == pytest.approx(float(logits.double().norm(dim=1).mean()), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_logit_scalars_and_norms_in_other_dtypes(dtype: torch.dtype) -> None:
+    logits = torch.tensor([[30.0, 0.0], [1.0, 2.0]], dtype=dtype)
+    out = logit_scalars(logits, torch.tensor([0, -100]), torch.float32)
+    assert out["train_accuracy"] == 1.0 and out["sc_fraction"] == 1.0  # the -100 row is left out
+    assert out["logit_norm"] == pytest.approx(30.0) and out["max_logit_mean"] == pytest.approx(30.0)
+    from landscape.callbacks import _total_norm
+
+    tensors = [torch.full((4,), 1.5, dtype=dtype), torch.full((3, 3), 0.5), torch.ones(2, dtype=torch.float64)]
+    assert _total_norm(tensors) == pytest.approx(math.sqrt(4 * 2.25 + 9 * 0.25 + 2), rel=1e-6)
+    assert math.isnan(_total_norm([]))
+
+
 def test_logit_scalars_hand_values_and_sequence_outputs() -> None:
     logits = torch.tensor([[30.0, 0.0], [1.0, 2.0]])
     targets = torch.tensor([0, 0])
@@ -276,6 +289,7 @@ def test_a_store_that_cannot_be_written_warns_and_training_continues(tmp_path: P
     monkeypatch.setattr(monitor.store, "write_result", full_disk)
     with pytest.warns(RuntimeWarning, match="could not write .* at step 0 .*disk is full.*training continues"):
         _train(model, optimizer, 4, monitor)  # steps 0..3: records at 0 and 2 are lost, training is not
+        monitor.flush()  # the background writer's failures are reported by the next step or flush
     monkeypatch.setattr(monitor.store, "write_result", real_write)  # the disk has room again
     monitor.step(model, 4, optimizer)
     assert _steps(monitor.store, "r", "monitor") == [4]
@@ -299,7 +313,8 @@ def test_rows_committed_before_a_crash_survive(tmp_path: Path) -> None:
             optimizer.zero_grad(); out = model(x); loss = F.cross_entropy(out, y); loss.backward(); optimizer.step()
             monitor.step(model, step, optimizer, loss=loss, outputs=out, targets=y)
             if step == 9:
-                os._exit(3)  # dies without closing the store or flushing anything
+                monitor.flush()  # commits what is queued (the writer would within its linger anyway)
+                os._exit(3)  # dies without closing the store
     """)
     finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 3, finished.stderr
