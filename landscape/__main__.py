@@ -21,6 +21,10 @@ def main() -> int:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                try:
+                    dist.barrier()  # no rank tears the group down while another still has a message in flight
+                except Exception:  # noqa: BLE001 - a peer already gone: nothing left to wait for
+                    pass
                 dist.destroy_process_group()
 
 

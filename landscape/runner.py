@@ -272,15 +272,7 @@ class _Execution:
         if not todo:
             return
         plan, step = self.plan, checkpoint.step
-        claims = self.leases.claim(self.run_name, step, [(n, plan.hashes[n]) for n in todo], digest,
-                                   done_after=self.started if self.recompute else float("-inf"))
-        mine = [n for n in todo if claims[n] is Claim.MINE]
-        for name in todo:
-            if claims[name] is Claim.DONE:
-                self.report.by_other += 1
-                self.bar.update(1)
-            elif claims[name] is Claim.BUSY:
-                self.deferred.append((checkpoint, name, digest))
+        mine = self._claim(checkpoint, digest, todo)
         if not mine:
             return
         try:
@@ -303,6 +295,19 @@ class _Execution:
             self._run_one(name, checkpoint, digest, step_lr, optimizer_state)
             self.bar.update(1)
         self.timing.done(plan.checkpoints.index(checkpoint))
+
+    def _claim(self, checkpoint: Checkpoint, digest: str, todo: list[str]) -> list[str]:
+        """Lease ``todo`` at this checkpoint; the probes this run now holds. Results another process has
+        stored meanwhile are counted, the ones it is computing are deferred (:meth:`_wait_for_others`)."""
+        claims = self.leases.claim(self.run_name, checkpoint.step, [(n, self.plan.hashes[n]) for n in todo], digest,
+                                   done_after=self.started if self.recompute else float("-inf"))
+        for name in todo:
+            if claims[name] is Claim.DONE:
+                self.report.by_other += 1
+                self.bar.update(1)
+            elif claims[name] is Claim.BUSY:
+                self.deferred.append((checkpoint, name, digest))
+        return [n for n in todo if claims[n] is Claim.MINE]
 
     def _load(self, checkpoint: Checkpoint) -> None:
         """Load the checkpoint's weights into the plan's model (a :class:`CheckpointError` if it cannot)."""

@@ -33,7 +33,7 @@ from landscape.distributed.group import (
     rank,
     world_size,
 )
-from landscape.leases import Claim, Leases
+from landscape.leases import Leases
 from landscape.runner import (
     Outcome,
     RunPlan,
@@ -147,17 +147,7 @@ class _Collector(_Execution):
             if digest is None:
                 continue
             todo = self._todo(checkpoint, digest)
-            if not todo:
-                continue
-            claims = self.leases.claim(self.run_name, checkpoint.step, [(n, self.plan.hashes[n]) for n in todo],
-                                       digest, done_after=self.started if self.recompute else float("-inf"))
-            for name in todo:
-                if claims[name] is Claim.DONE:
-                    self.report.by_other += 1
-                    self.bar.update(1)
-                elif claims[name] is Claim.BUSY:
-                    self.deferred.append((checkpoint, name, digest))
-            mine = [n for n in todo if claims[n] is Claim.MINE]
+            mine = self._claim(checkpoint, digest, todo) if todo else []
             if mine:
                 work.append((index, digest, mine))
         return work
