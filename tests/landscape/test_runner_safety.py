@@ -151,7 +151,8 @@ def test_two_concurrent_runs_compute_each_result_once(tmp_path, ckpts, counting)
         thread.join()
     assert sorted(counting.calls) == [0, 10, 20]  # no result computed twice
     a, b = reports["a"], reports["b"]
-    assert a.computed + b.computed == 3 and a.by_other + b.by_other == 3 and a.ok and b.ok
+    # what one run did not compute, the other did: seen as stored already or as stored meanwhile, by timing
+    assert a.computed + b.computed == 3 and a.by_other + b.by_other + a.skipped + b.skipped == 3 and a.ok and b.ok
     assert a.computed + a.by_other + a.skipped == 3 == b.computed + b.by_other + b.skipped
     with Store(path, readonly=True) as store:
         assert len(store.results()) == 3
