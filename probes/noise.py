@@ -25,8 +25,11 @@ in chunks of ``chunk_size`` samples, so memory is ``chunk_size × parameters``; 
 chunks' means and scatter are merged with the pairwise update of Chan et al., in float64, which avoids the
 cancellation of ``(1/N) Σ|g_i|² − |G|²``. The model runs in eval mode (BatchNorm uses its running
 statistics, so each sample's loss is its own), and the loss must be the mean of the per-sample losses
-(checked on the first batch). Batches are ``(inputs, targets)`` pairs; dict batches with
-``inputs``/``targets`` (or ``x``/``y``) keys are accepted by the data layer and turned into pairs.
+(checked on the first batch). ``(inputs, targets)`` pairs with a loss function take the vmap route;
+batches of any other structure (dicts, ``BatchEncoding``, dataclasses) and the model's own loss
+(``loss_fn="model"``) take one sample at a time through the objective (:mod:`landscape.objective`). Every
+sample is one equal term of the mean, so token-level losses, which weigh sequences by their token counts,
+are refused with one sentence.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.batch import Batch
 from landscape.curvature import CurvatureOperator, ParamSelector, eval_mode, select_parameters
 from landscape.data import Batches, as_batches
 from landscape.evaluate import LossError, LossFn, check_scalar_loss
+from landscape.objective import Objective, as_objective
 from landscape.params import preserved
 from landscape.probe import ProbeContext, Result
 
@@ -198,21 +203,62 @@ def _accumulate(model: nn.Module, loss_fn: LossFn, batches: Batches, names: list
     moments = _Moments()
     forms: list[float] = []
     offset = 0
-    gradients = _PerSample(model, loss_fn, select_parameters(model, names))
+    pairs = batches.structure == "pair" and callable(loss_fn) and not isinstance(loss_fn, Objective)
+    gradients = _PerSample(model, loss_fn, select_parameters(model, names)) if pairs else None
+    objective = None if pairs else _sample_level(as_objective(loss_fn, model), batches)
     with eval_mode(model):
-        for index, (x, y) in enumerate(batches):
-            for start in range(0, int(x.shape[0]), chunk):
-                xs, ys = x[start: start + chunk], y[start: start + chunk]
-                grads, losses = gradients(xs, ys)
-                if index == 0 and start == 0:
-                    _check_per_sample_mean(model, loss_fn, xs, ys, losses)
+        for index, batch in enumerate(batches):
+            for start in range(0, batch.n_samples, chunk):
+                rows = batch.rows(start, start + chunk)
+                if gradients is not None:
+                    xs, ys = rows
+                    grads, losses = gradients(xs, ys)
+                    if index == 0 and start == 0:
+                        _check_per_sample_mean(model, loss_fn, xs, ys, losses)
+                else:
+                    grads, losses = _row_gradients(model, objective, rows, select_parameters(model, names))
+                    if index == 0 and start == 0:
+                        _check_rows_mean(model, objective, rows, losses)
                 if not bool(torch.isfinite(losses).all()):
                     raise LossError("a sample's loss is not finite; gradient noise is undefined at this point.")
                 moments.add(grads)
                 if op is not None:
                     forms.extend(_hessian_forms(op, grads, names, offset, chosen))
-                offset += int(xs.shape[0])
+                offset += rows.n_samples
     return moments, forms
+
+
+def _sample_level(objective: Objective, batches: Batches) -> Objective:
+    """The objective, checked to weigh every sample equally (the mean gradient is then the plain mean)."""
+    if any(objective.token_level(batch) for batch in batches):
+        raise LossError("gradient noise treats each sample as one equal term of the mean loss; a token-level loss "
+                        "weighs sequences by their token counts, which this probe does not model.")
+    return objective
+
+
+def _row_gradients(model: nn.Module, objective: Objective, rows: Batch,
+                   selected: Mapping[str, nn.Parameter]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each sample's gradient for batches of any structure and any objective (the model's own loss
+    included), one sample at a time."""
+    grads: list[tuple[torch.Tensor, ...]] = []
+    losses = []
+    with torch.enable_grad():
+        for i in range(rows.n_samples):
+            loss = check_scalar_loss(objective.batch_loss(model, rows.rows(i, i + 1)))
+            grads.append(torch.autograd.grad(loss, list(selected.values()), allow_unused=True, materialize_grads=True))
+            losses.append(loss.detach())
+    return {name: torch.stack([row[k] for row in grads]) for k, name in enumerate(selected)}, torch.stack(losses)
+
+
+def _check_rows_mean(model: nn.Module, objective: Objective, rows: Batch, losses: torch.Tensor) -> None:
+    with torch.no_grad():
+        whole = float(check_scalar_loss(objective.batch_loss(model, rows)))
+    mean = float(losses.double().mean())
+    if not math.isfinite(whole):
+        raise LossError(f"the loss is {whole} on the first batch; gradient noise is undefined.")
+    if abs(whole - mean) > 1e-3 * max(abs(whole), abs(mean)) + 1e-12:
+        raise LossError(f"the loss must be the mean of per-sample losses: on the first batch it is {whole:.6g}, "
+                        f"the mean of its {rows.n_samples} single-sample losses is {mean:.6g}.")
 
 
 def _hessian_forms(op: CurvatureOperator, grads: Mapping[str, torch.Tensor], names: list[str], offset: int,
@@ -284,11 +330,6 @@ class NoiseProbe:
     def run(self, ctx: ProbeContext, **params: Any) -> Result:
         settings = {**self.defaults, **params}
         selector = settings["params"]
-        structures = {getattr(batch, "structure", "pair") for batch in ctx.train}
-        if structures - {"pair"} or not callable(ctx.loss_fn):
-            return Result.invalid("the gradient noise probe needs (inputs, targets) pair batches and a loss function "
-                                  f"of the outputs; this run has {', '.join(sorted(structures))} batches and loss "
-                                  f"{ctx.loss_fn!r}.", settings)
         try:
             found = gradient_noise(ctx.model, ctx.loss_fn, ctx.train, params=list(selector) if isinstance(selector, tuple)
                                    else selector, chunk_size=settings["chunk_size"], b_noise=bool(settings["b_noise"]),

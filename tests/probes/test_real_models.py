@@ -53,6 +53,7 @@ def test_every_probe_on_a_bert_classifier_with_the_models_own_loss():
     _finite(results["collapse"], ["nc1", "nc4_ncc_mismatch"])
     assert results["collapse"].params["resolved_layer"] == "classifier"
     _finite(results["grokking"], ["sc_fraction", "nlm_cosine", "feature_change"])
+    _finite(results["noise"], ["trace_cov", "b_simple", "b_noise"])
     assert results["slices"].valid and np.isfinite(results["slices"].arrays["loss"]).all()
 
 
@@ -68,6 +69,7 @@ def test_every_probe_on_a_causal_lm_with_padding_and_ignored_tokens():
     _finite(results["collapse"], ["nc1"])  # token-level: the feature at t against the label at t + 1
     assert results["collapse"].params["resolved_layer"] == "lm_head"
     _finite(results["grokking"], ["sc_fraction", "train_accuracy"])
+    assert not results["noise"].valid and "token-level loss" in results["noise"].message
 
 
 def test_every_probe_on_a_vit():
@@ -148,3 +150,26 @@ def test_a_module_without_a_second_derivative_is_named():
     message = str(info.value)
     assert "module '1.1' (_FusedAttention) uses aten::_scaled_dot_product_flash_attention_for_cpu_backward" in message
     assert "attn_implementation='eager'" in message and "\n" not in message
+
+
+def test_gradient_noise_on_dict_batches_with_the_models_own_loss_matches_the_definition():
+    """tr Σ and |G|² from per-sample gradients taken here one sequence at a time by plain autograd
+    (float64 BERT, padded dict batches): the probe's numbers must be the same sums."""
+    from probes import noise
+
+    model = tiny_bert().double()
+    batches = token_batches([[6, 3, 5], [4, 6, 2, 5]], seed=1, classes=3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for batch in batches:
+        for i in range(len(batch["labels"])):
+            one = {k: v[i : i + 1] for k, v in batch.items()}
+            grads = torch.autograd.grad(model(**one).loss, params, allow_unused=True, materialize_grads=True)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    g = torch.stack(rows)
+    mean = g.mean(dim=0)
+    want_cov = float(((g - mean) ** 2).sum() / len(g))
+    found = noise.gradient_noise(model, "model", batches, b_noise=False)
+    assert found["n_samples"] == 7
+    assert found["trace_cov"] == pytest.approx(want_cov, rel=1e-10)
+    assert found["grad_norm_sq"] == pytest.approx(float(mean @ mean), rel=1e-10)
