@@ -145,13 +145,18 @@ def _check_per_sample_mean(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y
                            losses: torch.Tensor) -> None:
     with torch.no_grad():
         whole = float(check_scalar_loss(loss_fn(model(x), y)))
+    _compare_mean(whole, losses)
+
+
+def _compare_mean(whole: float, losses: torch.Tensor) -> None:
+    """The first batch's loss must be the mean of its single-sample losses."""
     mean = float(losses.double().mean())
     if not math.isfinite(whole):
         raise LossError(f"the loss is {whole} on the first batch; gradient noise is undefined.")
     # 1e-3 relative: far above float32 rounding, far below the factor n of a sum or a non-separable loss
     if abs(whole - mean) > 1e-3 * max(abs(whole), abs(mean)) + 1e-12:
-        raise LossError(f"loss_fn must be the mean of per-sample losses: on the first batch it is {whole:.6g}, "
-                        f"the mean of its {x.shape[0]} single-sample losses is {mean:.6g}.")
+        raise LossError(f"the loss must be the mean of per-sample losses: on the first batch it is {whole:.6g}, "
+                        f"the mean of its {len(losses)} single-sample losses is {mean:.6g}.")
 
 
 def _layer_of(name: str) -> str:
@@ -253,12 +258,7 @@ def _row_gradients(model: nn.Module, objective: Objective, rows: Batch,
 def _check_rows_mean(model: nn.Module, objective: Objective, rows: Batch, losses: torch.Tensor) -> None:
     with torch.no_grad():
         whole = float(check_scalar_loss(objective.batch_loss(model, rows)))
-    mean = float(losses.double().mean())
-    if not math.isfinite(whole):
-        raise LossError(f"the loss is {whole} on the first batch; gradient noise is undefined.")
-    if abs(whole - mean) > 1e-3 * max(abs(whole), abs(mean)) + 1e-12:
-        raise LossError(f"the loss must be the mean of per-sample losses: on the first batch it is {whole:.6g}, "
-                        f"the mean of its {rows.n_samples} single-sample losses is {mean:.6g}.")
+    _compare_mean(whole, losses)
 
 
 def _hessian_forms(op: CurvatureOperator, grads: Mapping[str, torch.Tensor], names: list[str], offset: int,
