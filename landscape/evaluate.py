@@ -29,7 +29,6 @@ from landscape.objective import (
 
 __all__ = [
     "Evaluation",
-    "global_weight",
     "LossError",
     "LossFn",
     "OutputError",
@@ -117,18 +116,12 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None if first is None else first.device
 
 
-def total_weight(objective: Objective, data: Batches) -> float:
-    """``Σ_b w_b``: the number of terms the full-data mean runs over; an error when it is 0."""
-    total = sum(objective.weight(b) for b in data)
-    if total <= 0:
-        raise LossError("no batch has a target to score (every target equals ignore_index); the loss is undefined.")
-    return total
-
-
-def global_weight(objective: Objective, data: Batches) -> float:
-    """:func:`total_weight` of this rank's shard ``data`` summed over the ranks."""
-    local = sum(objective.weight(b) for b in data)
-    total = float(all_reduce_sum(torch.tensor([float(local)], dtype=torch.float64), "the data's weight")[0])
+def total_weight(objective: Objective, data: Batches, *, summed: bool = False) -> float:
+    """``Σ_b w_b``: the number of terms the full-data mean runs over (over all ranks when ``summed``, with
+    ``data`` this rank's shard); an error when it is 0."""
+    total = float(sum(objective.weight(b) for b in data))
+    if summed:
+        total = float(all_reduce_sum(torch.tensor([total], dtype=torch.float64), "the data's weight")[0])
     if total <= 0:
         raise LossError("no batch has a target to score (every target equals ignore_index); the loss is undefined.")
     return total
@@ -191,7 +184,7 @@ def gradient(model: nn.Module, loss_fn: LossFn | str | Objective, data: object) 
     data, summed = local_share(data if isinstance(data, Batches) else as_batches(data, device=_model_device(model)))
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros_like(p) for name, p in params.items()}
-    weights = global_weight(objective, data) if summed else total_weight(objective, data)
+    weights = total_weight(objective, data, summed=summed)
     for batch in data:
         weight = objective.weight(batch)
         if weight == 0:

@@ -310,8 +310,7 @@ class _Execution:
         return [n for n in todo if claims[n] is Claim.MINE]
 
     def _load(self, checkpoint: Checkpoint) -> None:
-        """Load the checkpoint's weights into the plan's model (a :class:`CheckpointError` if it cannot)."""
-        load_into(self.plan.model, read_state_dict(checkpoint.path, unsafe=self.unsafe), checkpoint.path)
+        load_checkpoint(self.plan, checkpoint, self.unsafe)
 
     def _checkpoint_error(self, checkpoint: Checkpoint, names: list[str], message: str, release: bool) -> None:
         self.report.errors.append(message)
@@ -322,12 +321,7 @@ class _Execution:
         self.bar.update(len(names))
 
     def _optimizer_state(self, checkpoint: Checkpoint) -> SavedOptimizer | None:
-        """The optimizer state saved with the checkpoint, if any (a file that cannot be read is noted, not fatal)."""
-        try:
-            return read_optimizer_state(checkpoint.path, unsafe=self.unsafe)
-        except CheckpointError as error:
-            self.emit(f"note: no optimizer state for step {checkpoint.step}: {error}")
-            return None
+        return saved_optimizer(checkpoint, self.unsafe, self.emit)
 
     def _run_one(self, name: str, checkpoint: Checkpoint, digest: str, lr: float | None,
                  optimizer_state: SavedOptimizer | None = None) -> None:
@@ -423,6 +417,22 @@ def compute_one(plan: RunPlan, name: str, checkpoint: Checkpoint, lr: float | No
     except Exception as error:  # one failing probe must not stop the others; every error is reported.
         message = f"probe {name!r} failed at step {checkpoint.step}: {type(error).__name__}: {error}"
         return Outcome(None, message, traceback.format_exc(limit=6))
+
+
+def load_checkpoint(plan: RunPlan, checkpoint: Checkpoint, unsafe: bool) -> None:
+    """Load the checkpoint's weights into the plan's model (a :class:`CheckpointError` if it cannot)."""
+    load_into(plan.model, read_state_dict(checkpoint.path, unsafe=unsafe), checkpoint.path)
+
+
+def saved_optimizer(checkpoint: Checkpoint, unsafe: bool,
+                    emit: Callable[[str], None] | None = None) -> SavedOptimizer | None:
+    """The optimizer state saved with the checkpoint, if any (a file that cannot be read is noted, not fatal)."""
+    try:
+        return read_optimizer_state(checkpoint.path, unsafe=unsafe)
+    except CheckpointError as error:
+        if emit is not None:
+            emit(f"note: no optimizer state for step {checkpoint.step}: {error}")
+        return None
 
 
 def _wants_optimizer(plan: RunPlan, names: Sequence[str]) -> bool:

@@ -141,13 +141,6 @@ class _Moments:
         self.n = total
 
 
-def _check_per_sample_mean(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                           losses: torch.Tensor) -> None:
-    with torch.no_grad():
-        whole = float(check_scalar_loss(loss_fn(model(x), y)))
-    _compare_mean(whole, losses)
-
-
 def _compare_mean(whole: float, losses: torch.Tensor) -> None:
     """The first batch's loss must be the mean of its single-sample losses."""
     mean = float(losses.double().mean())
@@ -208,22 +201,32 @@ def _accumulate(model: nn.Module, loss_fn: LossFn, batches: Batches, names: list
     moments = _Moments()
     forms: list[float] = []
     offset = 0
-    pairs = batches.structure == "pair" and callable(loss_fn) and not isinstance(loss_fn, Objective)
-    gradients = _PerSample(model, loss_fn, select_parameters(model, names)) if pairs else None
-    objective = None if pairs else _sample_level(as_objective(loss_fn, model), batches)
+    selected = select_parameters(model, names)
+    if batches.structure == "pair" and callable(loss_fn) and not isinstance(loss_fn, Objective):
+        vmapped = _PerSample(model, loss_fn, selected)
+
+        def gradients(rows: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            return vmapped(*rows)
+
+        def batch_loss(rows: Batch) -> torch.Tensor:
+            x, y = rows
+            return loss_fn(model(x), y)
+    else:  # any batch structure, any objective (the model's own loss included): one sample at a time
+        objective = _sample_level(as_objective(loss_fn, model), batches)
+
+        def gradients(rows: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            return _row_gradients(model, objective, rows, selected)
+
+        def batch_loss(rows: Batch) -> torch.Tensor:
+            return objective.batch_loss(model, rows)
     with eval_mode(model):
         for index, batch in enumerate(batches):
             for start in range(0, batch.n_samples, chunk):
                 rows = batch.rows(start, start + chunk)
-                if gradients is not None:
-                    xs, ys = rows
-                    grads, losses = gradients(xs, ys)
-                    if index == 0 and start == 0:
-                        _check_per_sample_mean(model, loss_fn, xs, ys, losses)
-                else:
-                    grads, losses = _row_gradients(model, objective, rows, select_parameters(model, names))
-                    if index == 0 and start == 0:
-                        _check_rows_mean(model, objective, rows, losses)
+                grads, losses = gradients(rows)
+                if index == 0 and start == 0:
+                    with torch.no_grad():
+                        _compare_mean(float(check_scalar_loss(batch_loss(rows))), losses)
                 if not bool(torch.isfinite(losses).all()):
                     raise LossError("a sample's loss is not finite; gradient noise is undefined at this point.")
                 moments.add(grads)
@@ -253,12 +256,6 @@ def _row_gradients(model: nn.Module, objective: Objective, rows: Batch,
             grads.append(torch.autograd.grad(loss, list(selected.values()), allow_unused=True, materialize_grads=True))
             losses.append(loss.detach())
     return {name: torch.stack([row[k] for row in grads]) for k, name in enumerate(selected)}, torch.stack(losses)
-
-
-def _check_rows_mean(model: nn.Module, objective: Objective, rows: Batch, losses: torch.Tensor) -> None:
-    with torch.no_grad():
-        whole = float(check_scalar_loss(objective.batch_loss(model, rows)))
-    _compare_mean(whole, losses)
 
 
 def _hessian_forms(op: CurvatureOperator, grads: Mapping[str, torch.Tensor], names: list[str], offset: int,

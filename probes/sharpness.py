@@ -51,7 +51,7 @@ from landscape.autodiff import (
 from landscape.batch import Batch
 from landscape.data import Batches, as_batches
 from landscape.distributed import all_reduce_named, local_share
-from landscape.evaluate import LossFn, evaluate, global_weight, gradient, total_weight
+from landscape.evaluate import LossFn, evaluate, gradient, total_weight
 from landscape.objective import Objective, as_objective
 from landscape.params import Named, preserved, set_point, trainable_parameters
 from landscape.probe import ProbeContext, Result
@@ -173,7 +173,7 @@ class _Point:
         total = {name: torch.zeros_like(p) for name, p in params.items()}
         objective = as_objective(self.loss_fn, self.model)
         data, summed = local_share(self.data)  # under torch.distributed: this rank's shard, summed below
-        weights = global_weight(objective, data) if summed else total_weight(objective, data)
+        weights = total_weight(objective, data, summed=summed)
         with math_attention():
             for batch in data:
                 weight = objective.weight(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -45,8 +47,18 @@ def local_share(data: Batches) -> tuple[Batches, bool]:
         return data, False
     if mode == "sharded":
         return data, True
-    check_agreement("the number of samples", data.n_samples,
-                    "with replicated data every rank must load the same samples (same data factory and seed).")
-    if data.n_samples < world_size():
-        return data, False
-    return shard_batches(data, rank(), world_size()), True
+    key = (id(data), world_size())
+    cached = _SHARES.get(key)
+    if cached is not None and cached[0]() is data:  # the probes ask again for every loss and gradient
+        shard = cached[1]
+    else:
+        check_agreement("the number of samples", data.n_samples,
+                        "with replicated data every rank must load the same samples (same data factory and seed).")
+        shard = None if data.n_samples < world_size() else shard_batches(data, rank(), world_size())
+        _SHARES[key] = (weakref.ref(data, lambda _, key=key: _SHARES.pop(key, None)), shard)
+    return (data, False) if shard is None else (shard, True)
+
+
+# This rank's shard of each replicated data set seen (None: too small to share), checked once and dropped
+# with the data; the shard holds no reference to the data itself.
+_SHARES: dict[tuple[int, int], tuple[weakref.ref, Batches | None]] = {}

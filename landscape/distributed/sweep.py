@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from landscape.checkpoints import Checkpoint, CheckpointError, load_into, read_state_dict
+from landscape.checkpoints import Checkpoint, CheckpointError
 from landscape.distributed.group import (
     DistributedError,
     all_gather_objects,
@@ -42,6 +42,8 @@ from landscape.runner import (
     _learning_rate,
     _wants_optimizer,
     compute_one,
+    load_checkpoint,
+    saved_optimizer,
 )
 from landscape.store import Store
 
@@ -111,25 +113,23 @@ def _lead(plan: RunPlan, store: Store, run: str, emit: Callable[[str], None], op
 def _follow(plan: RunPlan, options: dict[str, Any]) -> RunReport:
     """Do what rank 0 announces until it says stop; compute alongside it, write nothing."""
     unsafe = bool(options.get("unsafe"))
-    loaded: int | None = None
+    optimizer: dict[int, Any] = {}  # the loaded checkpoint's optimizer state, read once when a probe needs it
     while True:
         command = broadcast_object(None, "waiting for rank 0's next task")
         if command[0] == "stop":
             return RunReport()
-        if command[0] == "load":
-            loaded = command[1]
+        if command[0] == "load":  # rank 0 announces every load before the probes run on it
+            optimizer.clear()
             try:
-                _load(plan, plan.checkpoints[loaded], unsafe)
+                load_checkpoint(plan, plan.checkpoints[command[1]], unsafe)
             except CheckpointError:
                 pass  # rank 0 failed on the same file, records the error and announces no probe for it
             continue
         _, name, index, lr = command
         checkpoint = plan.checkpoints[index]
-        if loaded != index:
-            _load(plan, checkpoint, unsafe)
-            loaded = index
-        optimizer_state = _optimizer_state(plan, checkpoint, [name], unsafe)
-        compute_one(plan, name, checkpoint, lr, optimizer_state, partial=None, progress=False, unsafe=unsafe,
+        if _wants_optimizer(plan, [name]) and index not in optimizer:
+            optimizer[index] = saved_optimizer(checkpoint, unsafe)
+        compute_one(plan, name, checkpoint, lr, optimizer.get(index), partial=None, progress=False, unsafe=unsafe,
                     run="")
 
 
@@ -203,11 +203,11 @@ def _measure_checkpoint(plan: RunPlan, index: int, names: list[str], collector: 
     unsafe = bool(options.get("unsafe"))
     checkpoint = plan.checkpoints[index]
     try:
-        _load(plan, checkpoint, unsafe)
+        load_checkpoint(plan, checkpoint, unsafe)
     except CheckpointError as error:
         return str(error)
     lr = _learning_rate(options.get("lr"), checkpoint, unsafe)
-    optimizer_state = _optimizer_state(plan, checkpoint, names, unsafe)
+    optimizer_state = saved_optimizer(checkpoint, unsafe) if _wants_optimizer(plan, names) else None
     outcomes = {}
     for name in names:
         partial = None if collector is None else collector.store.partial(run, checkpoint.step, name,
@@ -216,21 +216,3 @@ def _measure_checkpoint(plan: RunPlan, index: int, names: list[str], collector: 
                                      progress=bool(options.get("progress", True)) and collector is not None,
                                      unsafe=unsafe, run=run)
     return outcomes
-
-
-# -- shared ---------------------------------------------------------------------------------------
-
-
-def _load(plan: RunPlan, checkpoint: Checkpoint, unsafe: bool) -> None:
-    load_into(plan.model, read_state_dict(checkpoint.path, unsafe=unsafe), checkpoint.path)
-
-
-def _optimizer_state(plan: RunPlan, checkpoint: Checkpoint, names: list[str], unsafe: bool) -> Any:
-    if not _wants_optimizer(plan, names):
-        return None
-    from landscape.checkpoints import read_optimizer_state
-
-    try:
-        return read_optimizer_state(checkpoint.path, unsafe=unsafe)
-    except CheckpointError:
-        return None

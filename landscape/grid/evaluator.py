@@ -73,10 +73,10 @@ class Evaluator:
                 raise LossError(f"the {'test' if prefix else 'train'} data has no target to score "
                                 "(every target equals ignore_index).")
         self.weights = {prefix: [self.objective.weight(b) for b in data] for prefix, data in self.sets}
+        # the full-data weight of each set (over all ranks): the denominators of the mean losses
         local_totals = [float(sum(self.weights[prefix])) for prefix, _ in self.sets]
         totals = _summed_over_ranks(local_totals, "the grid's data weight") if self.summed else local_totals
         self.totals = {prefix: total for (prefix, _), total in zip(self.sets, totals)}
-        """The full-data weight of each set (over all ranks): the denominators of the mean losses."""
         self.counts: dict[str, list[int]] = {}
         self.device = device_of(model)
         self.autocast_dtype = autocast_dtype
