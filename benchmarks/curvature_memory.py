@@ -6,7 +6,10 @@ measurement runs in a fresh process, so that the allocator's caches of one do no
 * ``gradient step``: forward + backward of the batch (the memory any training step needs);
 * ``one Hessian-vector product``: the operator's own peak (the gradient graph differentiated again);
 * ``top-k Lanczos``: ``lanczos(k=20)`` on the model's own loss, with the basis on the CPU, float64 and
-  float32 Krylov state (the basis is preallocated; only the columns written, one per product, are resident).
+  float32 Krylov state (the basis is preallocated; only the columns written, one per product, are resident);
+* the same two for the Gauss–Newton matrix (``kind="ggn"``, on the causal-LM cross-entropy, which it needs
+  as a function of the logits): one product by each backend — ``"jvp"``, the default, which never
+  differentiates the model twice, and ``"autograd"`` —, and its top-k with a float32 basis on the CPU.
 
 On the CPU the figure is the process's peak resident set above the model's (``landscape.memory``); the
 basis itself lives in that memory, so the table also shows the operator's share — the peak minus the
@@ -41,7 +44,8 @@ def batch(device: str, n: int = 8, length: int = 64) -> dict[str, torch.Tensor]:
     return {"input_ids": ids.to(device), "labels": ids.to(device)}
 
 
-def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov: str, queue: mp.Queue) -> None:
+def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov: str, queue: mp.Queue,
+             kind: str = "hessian", backend: str | None = None) -> None:
     from landscape.memory import peak_memory, resident_peak_mb
 
     torch.set_num_threads(2)
@@ -59,7 +63,7 @@ def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov:
         elif task == "hvp":
             from landscape.curvature import CurvatureOperator
 
-            with CurvatureOperator(model, "model", data) as op:
+            with CurvatureOperator(model, _loss(kind), data, kind=kind, backend=backend) as op:
                 op.matvec(torch.randn(op.size, generator=torch.Generator().manual_seed(0)))
         else:
             from landscape.curvature import lanczos
@@ -67,7 +71,7 @@ def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov:
 
             dtype = torch.float32 if krylov == "float32" else torch.float64
             max_basis = max(3 * k + 30, 50)  # lanczos's default basis for k
-            with curvature_operator(model, "model", data) as op:
+            with curvature_operator(model, _loss(kind), data, kind=kind, backend=backend) as op:
                 found = lanczos(op, k, tol=1e-3, max_iter=max_iter, krylov_dtype=dtype, basis_device="cpu",
                                 max_basis=max_basis)
             # the basis is preallocated but only the columns written are resident: one per product, plus one
@@ -76,10 +80,19 @@ def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov:
     queue.put({"n": n, "peak": peak.mb, "base": base_mb, "basis": basis_mb, "rss": resident_peak_mb()})
 
 
-def run(task: str, device: str, layers: int, k: int, max_iter: int, krylov: str = "float64") -> dict:
+def _loss(kind: str) -> object:
+    """The model's own loss for the Hessian; the same cross-entropy as a function of the logits for the GGN."""
+    from landscape.losses import causal_lm_cross_entropy
+
+    return causal_lm_cross_entropy() if kind == "ggn" else "model"
+
+
+def run(task: str, device: str, layers: int, k: int, max_iter: int, krylov: str = "float64",
+        kind: str = "hessian", backend: str | None = None) -> dict:
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure, args=(task, device, layers, k, max_iter, krylov, queue))
+    process = context.Process(target=_measure, args=(task, device, layers, k, max_iter, krylov, queue, kind,
+                                                     backend))
     process.start()
     out = queue.get(timeout=3600)
     process.join()
@@ -103,14 +116,21 @@ def main() -> None:
     hvp = run("hvp", args.device, args.layers, args.k, steps)
     one = hvp["peak"] - hvp["base"]
     print(f"{'one Hessian-vector product':<34} {one:>8.0f} {'':>8} {one:>9.0f} {one / grad:>12.2f}")
-    for krylov in ("float64", "float32"):
-        got = run("lanczos", args.device, args.layers, args.k, steps, krylov)
+    def lanczos_row(label: str, krylov: str, kind: str = "hessian") -> None:
+        got = run("lanczos", args.device, args.layers, args.k, steps, krylov, kind)
         total = got["peak"] - got["base"]
         # on the CPU the basis is part of the peak; on CUDA it is in host memory, outside the figure
         operator = total - got["basis"] if args.device != "cuda" else total
-        label = f"top-{args.k} Lanczos, {krylov} basis on CPU"
         print(f"{label:<34} {total:>8.0f} {got['basis']:>8.0f} {operator:>9.0f} "
               f"{total / grad:>6.2f} ({operator / grad:.2f} operator)")
+
+    for krylov in ("float64", "float32"):
+        lanczos_row(f"top-{args.k} Lanczos, {krylov} basis on CPU", krylov)
+    for backend in ("jvp", "autograd"):
+        got = run("hvp", args.device, args.layers, args.k, steps, kind="ggn", backend=backend)
+        one = got["peak"] - got["base"]
+        print(f"{'one GGN product, ' + backend:<34} {one:>8.0f} {'':>8} {one:>9.0f} {one / grad:>12.2f}")
+    lanczos_row(f"GGN top-{args.k}, float32 basis on CPU", "float32", "ggn")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from torch import nn
 from landscape.batch import Batch
 from landscape.objective import Objective
 
-__all__ = ["jvp_ggn_rows", "scoring_dtype"]
+__all__ = ["ForwardModeError", "jvp_ggn_rows", "scoring_dtype"]
 
 
 def scoring_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -50,6 +50,10 @@ def _split(flat: torch.Tensor, params: Mapping[str, nn.Parameter]) -> dict[str, 
         named[name] = flat[offset : offset + count].view(param.shape)
         offset += count
     return named
+
+
+class ForwardModeError(RuntimeError):
+    """An operation of the model has no forward-mode derivative, so backend ``"jvp"`` cannot run on it."""
 
 
 def _no_forward_mode(error: RuntimeError) -> bool:
@@ -89,7 +93,7 @@ def jvp_ggn_rows(model: nn.Module, objective: Objective, params: Mapping[str, nn
         except RuntimeError as error:
             if not _no_forward_mode(error):
                 raise
-            raise RuntimeError(
+            raise ForwardModeError(
                 "backend 'jvp' differentiates the model in forward mode, and an operation of this model has no "
                 "forward-mode derivative (torch.utils.checkpoint with use_reentrant=True is one: use "
                 f"use_reentrant=False, or backend='autograd'); torch said: {str(error).splitlines()[0]}"
@@ -97,5 +101,10 @@ def jvp_ggn_rows(model: nn.Module, objective: Objective, params: Mapping[str, nn
         (hjv,) = torch.autograd.grad(loss_grad, logits, jv.to(wide), retain_graph=True)
         grads = torch.autograd.grad(outputs, tensors, hjv.to(outputs.dtype), retain_graph=i < last,
                                     allow_unused=True, materialize_grads=True)
-        out[i] = torch.cat([g.reshape(-1) for g in grads]).to(wide)
+        flat = [g.reshape(-1) for g in grads]
+        if grads[0].dtype == wide:
+            torch.cat(flat, out=out[i])  # straight into the result: no second flat copy of the gradient
+        else:
+            out[i] = torch.cat(flat).to(wide)
+        del grads, flat
     return out

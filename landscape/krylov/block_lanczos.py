@@ -146,6 +146,7 @@ def lanczos(
         residual = krylov.extend()
         size = krylov.size
         nxt, coupling = _next_block(residual, krylov.basis(), b, krylov.scale, op, generator)
+        del residual  # the next product runs with no vector of the state alive outside the basis
         exhausted = size >= n or nxt.shape[1] == 0
         restart = size + nxt.shape[1] > basis_cap
         due = size >= k and (restart or steps - last_check >= max(1, size // (16 * b)))
@@ -168,8 +169,10 @@ def lanczos(
                 krylov.restart(theta, ritz, keep)
                 # H (Q y_j) = θ_j Q y_j + X B y_j,last: the new block couples to kept vector j by B y_j,last
                 krylov.place(nxt, coupling @ ritz[size - width :, keep])
+                del nxt
                 continue
         krylov.place(nxt, coupling)
+        del nxt
     vectors = None
     if return_vectors:
         vectors = krylov.vectors(ritz[:, wanted])
@@ -220,27 +223,28 @@ class _Krylov:
         (the part of H·block outside span Q, as [n, w]) and completes T's rows and columns of the block."""
         start, size, lo = self.start, self.size, self.coupled
         block = self.rows[start:size]  # [w, n]
-        image = _product(self.op, block.T, self.rows.dtype, self.rows.device).T  # [w, n]: one product per row
+        # [w, n]: one product per row; every update below is in place, so the state holds one image at a time
+        image = _product(self.op, block.T, self.rows.dtype, self.rows.device).T.contiguous()
         # the block's own projection (q_j · H q_i), then the known couplings and it removed in one update
         own = _to_numpy(block @ image.T)
         local = self.proj[lo:size, start:size].copy()
         local[start - lo :] = own
-        image = torch.addmm(image, _tensor(local.T, image), self.rows[lo:size], alpha=-1)
+        image.addmm_(_tensor(local.T, image), self.rows[lo:size], alpha=-1)
         self.scale = max(self.scale, float(np.abs(local).max()))
         column = np.zeros((size, size - start))
         column[start:] = own
         basis = self.rows[:size]
-        before = _to_numpy((image * image).sum(dim=1))
+        before = _squared_norms(image)
         for _ in range(2):  # classical Gram–Schmidt, repeated when a pass cancels most of the norm
             coefficients = basis @ image.T  # [size, w]
-            image = torch.addmm(image, coefficients.T, basis, alpha=-1)
+            image.addmm_(coefficients.T, basis, alpha=-1)
             removed = _to_numpy(coefficients)
             column += removed
             # Pythagoras: what is left has norm² = before − ‖coefficients‖² (Q orthonormal)
             after = before - np.sum(removed * removed, axis=0)
             if np.all(after >= _REORTHOGONALIZE_BELOW**2 * before):
                 break
-            before = _to_numpy((image * image).sum(dim=1))
+            before = _squared_norms(image)
         known = self.proj[:size, start:size]
         known += column
         diag = known[start:]
@@ -264,6 +268,11 @@ class _Krylov:
         self.proj[np.arange(count), np.arange(count)] = theta[keep]
         self.start = self.coupled = 0
         self.size = count
+
+
+def _squared_norms(rows: torch.Tensor) -> np.ndarray:
+    """Each row's squared Euclidean norm, without a temporary the size of ``rows``."""
+    return _to_numpy(torch.linalg.vector_norm(rows, dim=1)) ** 2
 
 
 def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:

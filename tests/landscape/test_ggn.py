@@ -139,6 +139,49 @@ def test_reentrant_checkpointing_is_refused_by_the_jvp_backend() -> None:
         op.matvec(torch.ones(op.size, dtype=torch.float64))
 
 
+class _OldStyleTanh(torch.autograd.Function):
+    """tanh as an autograd.Function without ``setup_context``: torch.func has no forward mode for it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = torch.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out * out)
+
+
+class _OldStyleMLP(nn.Module):
+    def __init__(self, custom: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.custom = custom
+        self.a, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(_OldStyleTanh.apply(h) if self.custom else torch.tanh(h))
+
+
+def test_the_default_ggn_backend_is_jvp_and_steps_back_where_forward_mode_is_missing() -> None:
+    x, y = mlp_data()
+    data = as_batches(unequal(x, y))
+    plain, custom = _OldStyleMLP(False).double(), _OldStyleMLP(True).double()
+    lean = CurvatureOperator(plain, nn.CrossEntropyLoss(), data, kind="ggn")
+    assert lean.backend == "jvp"
+    expected = dense(CurvatureOperator(plain, nn.CrossEntropyLoss(), data, kind="ggn", backend="autograd"))
+    assert_close(dense(lean), expected)
+    stepped_back = CurvatureOperator(custom, nn.CrossEntropyLoss(), data, kind="ggn")
+    got = dense(stepped_back)
+    assert stepped_back.backend == "autograd"
+    assert_close(got, expected)
+    with pytest.raises(RuntimeError, match="no forward-mode derivative"):  # asked for by name: no stepping back
+        dense(CurvatureOperator(custom, nn.CrossEntropyLoss(), data, kind="ggn", backend="jvp"))
+
+
 def test_jvp_ggn_is_positive_semi_definite_and_symmetric() -> None:
     x, y = mlp_data()
     got = dense(CurvatureOperator(mlp(), nn.CrossEntropyLoss(), as_batches(unequal(x, y)), kind="ggn",
