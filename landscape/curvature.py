@@ -262,8 +262,9 @@ class CurvatureOperator:
     (hence their default); the batched forms may pay off on a GPU (not measured).
 
     ``"jvp"`` is the Gauss–Newton default, chosen for memory: on a GPT-2 of 10.8M parameters (8×64
-    tokens, ``benchmarks/curvature_memory.py``) one product peaks at 2.75× the memory of a gradient step,
-    against 3.67× for ``"autograd"``'s GGN and 3.89× for a Hessian product. Its speed per vector against
+    tokens, ``benchmarks/curvature_memory.py``, CPU resident set) one product peaks at 2.07× the memory of a
+    gradient step, against 2.89× for ``"autograd"``'s GGN and 3.68× for a Hessian product, and its top-20
+    Lanczos (float32 basis on the CPU) at 2.27× besides the basis. Its speed per vector against
     ``"autograd"`` (CPU, one thread): 0.62× on a 12.7k-parameter CNN over two batches, 1.33× on a 3.7M GPT-2.
     Where the model has an operation without a forward-mode derivative (an ``autograd.Function`` with no
     ``setup_context``, reentrant activation checkpointing), the default steps back to ``"autograd"`` at

@@ -106,5 +106,5 @@ def jvp_ggn_rows(model: nn.Module, objective: Objective, params: Mapping[str, nn
             torch.cat(flat, out=out[i])  # straight into the result: no second flat copy of the gradient
         else:
             out[i] = torch.cat(flat).to(wide)
-        del grads, flat
+        del grads, flat  # not alive during the next column's forward-mode pass
     return out
