@@ -168,9 +168,7 @@ def lanczos(
                 width = krylov.width
                 krylov.restart(theta, ritz, keep)
                 # H (Q y_j) = θ_j Q y_j + X B y_j,last: the new block couples to kept vector j by B y_j,last
-                krylov.place(nxt, coupling @ ritz[size - width :, keep])
-                del nxt
-                continue
+                coupling = coupling @ ritz[size - width :, keep]
         krylov.place(nxt, coupling)
         del nxt
     vectors = None

@@ -143,13 +143,13 @@ class _OldStyleTanh(torch.autograd.Function):
     """tanh as an autograd.Function without ``setup_context``: torch.func has no forward mode for it."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         out = torch.tanh(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
         return grad * (1 - out * out)
 
