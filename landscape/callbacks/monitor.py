@@ -216,10 +216,16 @@ class Monitor:
             self._writer.flush()
             self._writer.report()
 
-    def _write(self, what: str, step: int | None, write: Callable[[Store], object]) -> None:
-        """Queue one store write for the background writer (nothing on ranks that do not write)."""
+    def _write(self, what: str, step: int | None, write: Callable[[Store], object], **together: Any) -> None:
+        """Queue one store write for the background writer (nothing on ranks that do not write);
+        ``together``: the ``together``/``item`` of a :class:`Record` written with its neighbours."""
         if self._writer is not None:
-            self._writer.put(Record(what, step, write, atomic=True))  # each write is one Store call
+            self._writer.put(Record(what, step, write, atomic=True, **together))  # each write is one Store call
+
+    def _write_records(self, store: Store, items: list[tuple[int, Result]]) -> None:
+        """Many monitor records at once (the writer's ``together`` call for them)."""
+        store.write_results(self.run, MONITOR_PROBE, items, config=self._record_config,
+                            params_hash=self._record_config)
 
     # -- setup -----------------------------------------------------------------------------------------
     @staticmethod
@@ -327,7 +333,8 @@ class Monitor:
             result.valid, result.message = False, f"non-finite: {', '.join(bad)}"
             self._warn_once(MONITOR_PROBE, f"monitor scalars are not finite at step {step} ({', '.join(bad)}).")
         self._write("the monitor scalars", step, lambda store: store.write_result(
-            self.run, step, MONITOR_PROBE, result, config=self._record_config, params_hash=self._record_config))
+            self.run, step, MONITOR_PROBE, result, config=self._record_config, params_hash=self._record_config),
+            together=self._write_records, item=(step, result))
         if self._writes:
             self.sinks.record(MONITOR_PROBE, scalars, step)
         return scalars

@@ -158,8 +158,10 @@ def _class_logits(outputs: torch.Tensor, targets: torch.Tensor | None) -> tuple[
 
 def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | None, sc_dtype: torch.dtype) -> None:
     """Put the logit scalars of ``logit_scalars`` on ``gather`` as device sums and a row count; rows whose
-    target is negative (ignored tokens) are left out by weight, without a transfer. A dozen kernels: on a
-    sub-millisecond training step each torch call counts."""
+    target is negative (ignored tokens) are left out by weight, without a transfer. About ten kernels: on a
+    sub-millisecond training step each torch call counts (a column stack of mixed dtypes and a weighted
+    sum cost more than all the rest, so CPU targets are first checked for ignored rows, a check without
+    a device sync there; on an accelerator the weights are always used, so nothing waits for the device)."""
     if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2 or not outputs.is_floating_point() or outputs.shape[-1] < 2:
         return
     logits = outputs if outputs.dim() == 2 else outputs.reshape(-1, outputs.shape[-1])
@@ -172,24 +174,32 @@ def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | No
             flat = flat.to(logits.device)
     with torch.no_grad():
         peak, predicted = logits.max(dim=1)  # the top logit and the argmax in one kernel
-        cast = logits if logits.dtype == sc_dtype else logits.to(sc_dtype)
-        top = peak.unsqueeze(1) if cast is logits else cast.amax(dim=1, keepdim=True)
-        collapsed = (cast - top).exp_().sum(dim=1) == 1
+        if logits.dtype == sc_dtype:
+            shifted = logits - peak.unsqueeze(1)
+        else:
+            cast = logits.to(sc_dtype)
+            shifted = cast - cast.amax(dim=1, keepdim=True)
+        collapsed = shifted.exp_().sum(dim=1) == 1
         wide = logits.dtype in (torch.float32, torch.float64)  # half precision is accumulated in float32
         norm = torch.linalg.vector_norm(logits, dim=1, dtype=None if wide else torch.float32)
-        if flat is None:
-            part = torch.stack([norm, peak, collapsed], dim=1).sum(dim=0, dtype=torch.float32)
+        if flat is not None and flat.device.type == "cpu" and not bool((flat < 0).any()):
+            # nothing ignored: plain sums, no weights
+            part = torch.stack([norm, peak, collapsed, predicted == flat]).sum(dim=1, dtype=norm.dtype)
             rows = float(logits.shape[0])
-        else:  # the last column, 1 for a kept row, weighs every column (itself too: the row count)
-            table = torch.stack([norm, peak, collapsed, predicted == flat, flat >= 0], dim=1)
-            part = table[:, 4] @ table
+        elif flat is None:
+            part = torch.stack([norm, peak, collapsed]).sum(dim=1, dtype=norm.dtype)
+            rows = float(logits.shape[0])
+        else:  # the last row, 1 for a kept sample, weighs every row (itself too: the count)
+            kept = flat >= 0
+            table = torch.stack([norm, peak, collapsed, predicted == flat, kept])
+            part = table @ kept.to(table.dtype)
             rows = None
 
     def finish(numbers: list[float]) -> dict[str, float]:
         count = rows if rows is not None else numbers[-1]
         if not count:
             return {}
-        return dict(zip(_LOGIT_KEYS, (value / count for value in numbers[:4 if rows is None else 3])))
+        return dict(zip(_LOGIT_KEYS, (value / count for value in (numbers[:4] if flat is not None else numbers))))
 
     gather.add_part(part, finish)
 

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from landscape.store import Store
@@ -55,12 +55,19 @@ class Record:
 
     ``atomic``: the write is one store call that is all or nothing by itself (``Store.write_result``),
     so the writer does not wrap it in a savepoint of its own.
+
+    ``together``: records that arrive one after another with the same ``together`` function are written by
+    one call ``together(store, [their items])`` (functions compared with ``==``, so one object's bound
+    method matches itself), all or nothing (``Store.write_results``: a few statements
+    per record instead of nine); should that call fail, each is written again alone by its ``write``.
     """
 
     what: str
     step: int | None
     write: Callable[[Store], object]
     atomic: bool = False
+    together: Callable[[Store, list[Any]], object] | None = None
+    item: Any = None
 
 
 @dataclass
@@ -229,9 +236,8 @@ class StoreWriter:
         done: list[Record] = []
         try:
             with self.store.batch():
-                for record in records:
-                    if self._write_one(record):
-                        done.append(record)
+                for group in _runs(records):
+                    done.extend(self._write_group(group))
             self.stats.commits += 1
             self.stats.written += len(done)
         except WRITE_ERRORS:
@@ -244,6 +250,19 @@ class StoreWriter:
                     continue
                 self.stats.commits += 1
                 self.stats.written += int(written)
+
+    def _write_group(self, group: list[Record]) -> list[Record]:
+        """The records written of ``group``: by their shared ``together`` call where there is one (a
+        savepoint), else, or should it fail, one by one."""
+        together = group[0].together
+        if together is not None and len(group) > 1:
+            try:  # all or nothing by itself (the store's savepoint)
+                together(self.store, [record.item for record in group])
+            except Exception:  # each record gets its own try below, and its own failure report
+                pass
+            else:
+                return group
+        return [record for record in group if self._write_one(record)]
 
     def _write_one(self, record: Record) -> bool:
         """One record inside the open batch, as a savepoint: a failure takes back all it wrote."""
@@ -263,6 +282,17 @@ class StoreWriter:
         at = "" if record.step is None else f" at step {record.step}"
         self._failures.append((f"store: {record.what}", f"could not write {record.what}{at} ({type(error).__name__}: "
                                                         f"{error}); training continues without it."))
+
+
+def _runs(records: list[Record]) -> list[list[Record]]:
+    """``records`` cut into runs of neighbours that share a ``together`` function (a run of one otherwise)."""
+    runs: list[list[Record]] = []
+    for record in records:
+        if runs and record.together is not None and runs[-1][-1].together == record.together:
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    return runs
 
 
 def _exit_hook(ref: weakref.ref[StoreWriter]) -> Callable[[], None]:

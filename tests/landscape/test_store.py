@@ -127,3 +127,45 @@ def test_export(tmp_path, fmt):
     assert sorted(frame.key) == ["acc", "loss"]
     with pytest.raises(StoreError, match="csv' or 'parquet"):
         store.export(tmp_path / "x", "xlsx")
+
+
+def _stored(store: Store) -> list[tuple]:
+    """Every result as (run, step, probe, config, params hash, valid, message, scalars, arrays), in step order."""
+    rows = []
+    for row in store.results().sort_values("step").itertuples():
+        scalars = store.scalars(run=row.run, probe=row.probe)
+        mine = scalars[scalars.step == row.step]
+        arrays = store.arrays(row.run, row.step, row.probe, row.config_hash)
+        rows.append((row.run, row.step, row.probe, row.config_hash, row.config_json, row.params_hash, row.valid,
+                     row.message, sorted(zip(mine.key, mine.value)),
+                     sorted((k, a.tolist()) for k, a in arrays.items())))
+    return rows
+
+
+def test_write_results_stores_what_write_result_stores_one_by_one(tmp_path):
+    items = [(step, _result(float(step))) for step in (3, 1, 2)]
+    items[1][1].valid, items[1][1].message = False, "non-finite: loss"
+    with Store(tmp_path / "one.sqlite") as one, Store(tmp_path / "many.sqlite") as many:
+        for step, result in items:
+            one.write_result("a", step, "metrics", result)
+        ids = many.write_results("a", "metrics", items)
+        assert len(ids) == 3 and len(set(ids)) == 3
+        assert _stored(many) == _stored(one)
+        assert len(_stored(many)) == 3
+
+
+def test_write_results_keeps_the_later_of_one_identity_and_replaces_stored_ones(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        store.write_result("a", 1, "metrics", _result(9.0))
+        store.write_results("a", "metrics", [(1, _result(1.0)), (2, _result(2.0)), (1, _result(3.0))])
+        assert sorted(zip(store.scalars(keys=["loss"]).step, store.scalars(keys=["loss"]).value)) == [(1, 3.0), (2, 2.0)]
+        assert len(store.results()) == 2
+
+
+def test_write_results_is_all_or_nothing(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        broken = _result(2.0)
+        broken.scalars["loss"] = "not a number"  # float() fails on the second result, after the first is in
+        with pytest.raises(ValueError):
+            store.write_results("a", "metrics", [(1, _result(1.0)), (2, broken)])
+        assert store.results().empty

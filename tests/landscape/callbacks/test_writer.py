@@ -117,6 +117,33 @@ def test_a_failing_write_is_reported_and_the_rest_of_its_batch_is_kept(tmp_path:
         writer.close()
 
 
+def test_neighbours_that_share_a_together_function_are_written_by_one_call(tmp_path: Path) -> None:
+    calls: list[list[int]] = []
+
+    def together(store: Store, items: list[tuple[int, Result]]) -> None:
+        calls.append([step for step, _ in items])
+        if any(step == 4 for step, _ in items):  # the group fails whole: each record is tried alone
+            raise sqlite3.OperationalError("database or disk is full")
+        store.write_results("r", "monitor", items)
+
+    def grouped(step: int) -> Record:
+        result = Result(scalars={"x": float(step)})
+        return Record("the monitor scalars", step, lambda store: store.write_result("r", step, "monitor", result),
+                      atomic=True, together=together, item=(step, result))
+
+    with Store(tmp_path / "s.sqlite") as store:
+        writer = StoreWriter(store, lambda key, message: None, linger=30.0)
+        for step in range(3):
+            writer.put(grouped(step))
+        writer.put(_result(3))  # a record without the function cuts the run of neighbours
+        for step in range(4, 7):
+            writer.put(grouped(step))
+        writer.close()
+        assert calls == [[0, 1, 2], [4, 5, 6]]
+        assert store.steps("r", probe="monitor") == list(range(7))  # the failed group's records, one by one
+        assert [float(v) for v in store.scalars(run="r", keys=["x"]).sort_values("step").value] == list(range(7))
+
+
 def test_a_failing_commit_writes_the_batch_again_one_record_at_a_time(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     with Store(tmp_path / "s.sqlite") as store:
@@ -169,7 +196,15 @@ def test_the_monitor_warns_once_for_many_failed_writes_and_keeps_the_rest(tmp_pa
             raise sqlite3.OperationalError("database or disk is full")
         return real_write(run, step, *args, **kwargs)
 
+    real_writes = store.write_results
+
+    def full_until_step_10_together(run: str, probe: str, items: list, **kwargs: object) -> list[int]:
+        if any(step < 10 for step, _ in items):  # a group with one failing record fails whole: each is retried
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_writes(run, probe, items, **kwargs)
+
     monkeypatch.setattr(store, "write_result", full_until_step_10)
+    monkeypatch.setattr(store, "write_results", full_until_step_10_together)
     model = _model()
     with pytest.warns(RuntimeWarning, match="could not write the monitor scalars") as warned:
         _train(model, torch.optim.SGD(model.parameters(), lr=0.05), 20, monitor)
