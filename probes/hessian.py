@@ -186,7 +186,7 @@ def _check_k(k: object, size: int) -> int:
 
 def _eigen_on(op: CurvatureOperator, k: int, *, tol: float, max_iter: int | None, return_vectors: bool,
               seed: int, which: str, krylov_dtype: torch.dtype | str | None = None,
-              basis_device: torch.device | str | None = None) -> Eigen:
+              basis_device: torch.device | str | None = None, criterion: str = "residual") -> Eigen:
     k = _check_k(k, op.size)
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol!r}.")
@@ -196,7 +196,8 @@ def _eigen_on(op: CurvatureOperator, k: int, *, tol: float, max_iter: int | None
         raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}.")
     start = op.n_hvp
     result = lanczos(op, k, which=which, tol=tol, max_iter=max_iter, block_size=EIGEN_BLOCK_SIZE,
-                     seed=seed, return_vectors=return_vectors, krylov_dtype=krylov_dtype, basis_device=basis_device)
+                     seed=seed, return_vectors=return_vectors, krylov_dtype=krylov_dtype, basis_device=basis_device,
+                     criterion=criterion)
     if not result.converged:
         warnings.warn(
             f"Lanczos stopped after {result.n_steps} steps without reaching tol={tol}: largest relative "
@@ -253,11 +254,14 @@ def eigenvalues(
     backend: str = "landscape",
     krylov_dtype: torch.dtype | str | None = None,
     basis_device: torch.device | str | None = None,
+    criterion: str = "residual",
 ) -> Eigen:
     """The k largest (``which="LA"``) or smallest (``"SA"``, negative curvature) Hessian eigenvalues.
 
     Lanczos stops when every Ritz residual is below ``tol·|λ|`` (see :func:`landscape.curvature.lanczos`)
-    or after ``max_iter`` steps (with a RuntimeWarning). Values are returned in descending order for
+    or after ``max_iter`` steps (with a RuntimeWarning); with ``criterion="eigenvalue"`` when every
+    eigenvalue's estimated relative error is below ``tol`` (PyHessian's meaning of ``tol``: fewer products,
+    eigenvalues accurate to about ``tol`` rather than ``tol²``). Values are returned in descending order for
     both ``which``. The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
     on ``basis_device`` (default: the model's; ``"cpu"`` keeps a large model's basis off the GPU). ``backend="pyhessian"`` runs PyHessian's power iteration with deflation (largest
     *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue, default
@@ -270,7 +274,7 @@ def eigenvalues(
                                           return_vectors=return_vectors, seed=seed, which=which, params=params)
         with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
             return _eigen_on(op, k, tol=tol, max_iter=max_iter, return_vectors=return_vectors, seed=seed,
-                             which=which, krylov_dtype=krylov_dtype, basis_device=basis_device)
+                             which=which, krylov_dtype=krylov_dtype, basis_device=basis_device, criterion=criterion)
 
 
 def trace(

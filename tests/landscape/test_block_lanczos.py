@@ -81,9 +81,27 @@ def test_lanczos_is_reproducible_for_a_seed() -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"k": 0}, "k must be"), ({"k": 51}, "k must be"), ({"k": 1, "which": "LM"}, "which"),
-     ({"k": 1, "tol": 0.0}, "tol"), ({"k": 1, "block_size": 0}, "block_size"), ({"k": 1, "max_iter": 0}, "max_iter")],
+     ({"k": 1, "tol": 0.0}, "tol"), ({"k": 1, "block_size": 0}, "block_size"), ({"k": 1, "max_iter": 0}, "max_iter"),
+     ({"k": 1, "criterion": "change"}, "criterion")],
 )
 def test_lanczos_rejects_bad_arguments(kwargs, message) -> None:
     op, _ = spectrum_operator(np.linspace(0.0, 1.0, 50))
     with pytest.raises(ValueError, match=message):
         lanczos(op, **kwargs)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_the_eigenvalue_criterion_stops_early_and_keeps_its_accuracy(tol: float, which: str) -> None:
+    # separated ends over a dense bulk, as a trained network's Hessian: the residual criterion delivers
+    # eigenvalues to ~tol², the eigenvalue criterion stops once their estimated error is below tol
+    eigenvalues = np.concatenate([[23.0, 20.0, 14.0], np.linspace(-1.5, 6.0, 397)])
+    op, _ = spectrum_operator(eigenvalues, seed=2)
+    exact = np.sort(eigenvalues)[::-1][:3] if which == "LA" else np.sort(eigenvalues)[:3]
+    by_residual = lanczos(op, 3, which=which, tol=tol)
+    by_value = lanczos(op, 3, which=which, tol=tol, criterion="eigenvalue")
+    assert by_residual.converged and by_value.converged
+    assert by_value.n_matvec < by_residual.n_matvec
+    order = np.argsort(-by_value.values) if which == "LA" else np.argsort(by_value.values)
+    errors = np.abs(by_value.values[order] - exact) / np.abs(exact)
+    assert np.all(errors <= tol), errors
