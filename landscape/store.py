@@ -299,9 +299,8 @@ class Store:
             text = texts.get(id(result.params))
             if text is None:
                 params = dict(result.params)
-                text = (canonical_json(params), config or config_hash(probe, params),
-                        params_hash or config_hash(probe, params))
-                texts[id(result.params)] = text
+                hashed = "" if config and params_hash else config_hash(probe, params)
+                text = texts[id(result.params)] = (canonical_json(params), config or hashed, params_hash or hashed)
             key = (run, int(step), probe, text[1])
             latest.pop(key, None)  # the later of two results with one identity wins, as written one by one
             latest[key] = (result, text)

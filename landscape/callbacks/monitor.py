@@ -216,11 +216,12 @@ class Monitor:
             self._writer.flush()
             self._writer.report()
 
-    def _write(self, what: str, step: int | None, write: Callable[[Store], object], **together: Any) -> None:
+    def _write(self, what: str, step: int | None, write: Callable[[Store], object],
+               together: Callable[[Store, list[Any]], object] | None = None, item: Any = None) -> None:
         """Queue one store write for the background writer (nothing on ranks that do not write);
-        ``together``: the ``together``/``item`` of a :class:`Record` written with its neighbours."""
+        ``together``/``item``: see :class:`Record` (records written with their neighbours in one call)."""
         if self._writer is not None:
-            self._writer.put(Record(what, step, write, atomic=True, **together))  # each write is one Store call
+            self._writer.put(Record(what, step, write, atomic=True, together=together, item=item))
 
     def _write_records(self, store: Store, items: list[tuple[int, Result]]) -> None:
         """Many monitor records at once (the writer's ``together`` call for them)."""

@@ -182,24 +182,22 @@ def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | No
         collapsed = shifted.exp_().sum(dim=1) == 1
         wide = logits.dtype in (torch.float32, torch.float64)  # half precision is accumulated in float32
         norm = torch.linalg.vector_norm(logits, dim=1, dtype=None if wide else torch.float32)
-        if flat is not None and flat.device.type == "cpu" and not bool((flat < 0).any()):
-            # nothing ignored: plain sums, no weights
-            part = torch.stack([norm, peak, collapsed, predicted == flat]).sum(dim=1, dtype=norm.dtype)
-            rows = float(logits.shape[0])
-        elif flat is None:
-            part = torch.stack([norm, peak, collapsed]).sum(dim=1, dtype=norm.dtype)
+        columns = [norm, peak, collapsed] if flat is None else [norm, peak, collapsed, predicted == flat]
+        if flat is None or (flat.device.type == "cpu" and not bool((flat < 0).any())):
+            part = torch.stack(columns).sum(dim=1, dtype=norm.dtype)  # nothing ignored: plain sums
             rows = float(logits.shape[0])
         else:  # the last row, 1 for a kept sample, weighs every row (itself too: the count)
             kept = flat >= 0
-            table = torch.stack([norm, peak, collapsed, predicted == flat, kept])
+            table = torch.stack([*columns, kept])
             part = table @ kept.to(table.dtype)
             rows = None
+    width = len(columns)
 
     def finish(numbers: list[float]) -> dict[str, float]:
         count = rows if rows is not None else numbers[-1]
         if not count:
             return {}
-        return dict(zip(_LOGIT_KEYS, (value / count for value in (numbers[:4] if flat is not None else numbers))))
+        return dict(zip(_LOGIT_KEYS, (value / count for value in numbers[:width])))
 
     gather.add_part(part, finish)
 

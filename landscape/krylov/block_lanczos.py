@@ -97,8 +97,9 @@ def _eigenvalue_errors(theta: np.ndarray, ritz: np.ndarray, coupling: np.ndarray
     every = np.linalg.norm(coupling @ ritz[last:, :], axis=0)  # the residual of every Ritz pair
     errors = residuals.copy()
     for slot, j in enumerate(wanted):
-        others = np.delete(np.arange(len(theta)), j)
-        gap = float(np.min(np.abs(theta[others] - theta[j]) - every[others]))
+        distance = np.abs(theta - theta[j]) - every
+        distance[j] = np.inf
+        gap = float(distance.min())
         if gap > residuals[slot]:
             errors[slot] = residuals[slot] ** 2 / gap
     return errors
@@ -186,8 +187,9 @@ def lanczos(
             residuals = np.linalg.norm(coupling @ last, axis=0) if coupling.size else np.zeros(len(wanted))
             krylov.scale = max(krylov.scale, float(np.max(np.abs(theta))))
             floor = 1e-3 * float(np.max(np.abs(theta)))
-            errors = residuals if criterion == "residual" else _eigenvalue_errors(theta, ritz, coupling, size - krylov.width,
-                                                                                  wanted, residuals)
+            errors = residuals
+            if criterion == "eigenvalue":
+                errors = _eigenvalue_errors(theta, ritz, coupling, size - krylov.width, wanted, residuals)
             done = size >= k and bool(np.all(errors <= tol * np.maximum(np.abs(theta[wanted]), floor)))
             if done or exhausted or steps >= steps_cap:
                 converged = done or exhausted
