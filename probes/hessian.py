@@ -254,15 +254,17 @@ def eigenvalues(
     backend: str = "landscape",
     krylov_dtype: torch.dtype | str | None = None,
     basis_device: torch.device | str | None = None,
-    criterion: str = "residual",
+    criterion: str | None = None,
 ) -> Eigen:
     """The k largest (``which="LA"``) or smallest (``"SA"``, negative curvature) Hessian eigenvalues.
 
-    Lanczos stops when every Ritz residual is below ``tol·|λ|`` (see :func:`landscape.curvature.lanczos`)
-    or after ``max_iter`` steps (with a RuntimeWarning); with ``criterion="eigenvalue"`` when every
-    eigenvalue's estimated relative error is below ``tol`` (PyHessian's meaning of ``tol``: fewer products,
-    eigenvalues accurate to about ``tol`` rather than ``tol²``). Values are returned in descending order for
-    both ``which``. The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
+    ``tol`` is the accuracy of what is returned. For eigenvalues alone (the default,
+    ``criterion="eigenvalue"``) Lanczos stops when every eigenvalue's estimated relative error is below
+    ``tol`` — PyHessian's meaning of ``tol``, reached with the fewest products. With ``return_vectors``
+    (default ``criterion="residual"``) it stops when every Ritz residual ‖Hv − λv‖ is below ``tol·|λ|``,
+    which the vectors need; the eigenvalues are then accurate to about ``tol²`` (see
+    :func:`landscape.curvature.lanczos`). Either rule gives up after ``max_iter`` steps with a
+    RuntimeWarning. Values are returned in descending order for both ``which``. The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
     on ``basis_device`` (default: the model's; ``"cpu"`` keeps a large model's basis off the GPU). ``backend="pyhessian"`` runs PyHessian's power iteration with deflation (largest
     *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue, default
     100); its residuals are then measured with our operator (not counted in ``n_hvp``).
@@ -272,6 +274,8 @@ def eigenvalues(
         if backend == "pyhessian":
             return _pyhessian_eigenvalues(model, loss_fn, batches, k, tol=tol, max_iter=max_iter,
                                           return_vectors=return_vectors, seed=seed, which=which, params=params)
+        if criterion is None:
+            criterion = "residual" if return_vectors else "eigenvalue"
         with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
             return _eigen_on(op, k, tol=tol, max_iter=max_iter, return_vectors=return_vectors, seed=seed,
                              which=which, krylov_dtype=krylov_dtype, basis_device=basis_device, criterion=criterion)

@@ -93,6 +93,20 @@ def test_top_k_match_eigh_with_vectors(setup) -> None:
     assert result.residuals.shape == (4,) and result.n_hvp > 0
 
 
+def test_tol_bounds_the_eigenvalues_by_default_and_the_residuals_with_vectors(setup) -> None:
+    model, x, y, _, exact = setup
+    top = exact[::-1][:3]
+    values_only = hessian.eigenvalues(model, nn.CrossEntropyLoss(), unequal(x, y), k=3, tol=1e-3)
+    by_residual = hessian.eigenvalues(model, nn.CrossEntropyLoss(), unequal(x, y), k=3, tol=1e-3, criterion="residual")
+    # values alone stop on their estimated error: each within tol (relative) of eigh, with fewer products
+    assert np.all(np.abs(values_only.values - top) <= 1e-3 * np.abs(top))
+    assert values_only.n_hvp < by_residual.n_hvp
+    # with vectors, tol bounds the residuals (the vectors' accuracy), as the residual rule does
+    with_vectors = hessian.eigenvalues(model, nn.CrossEntropyLoss(), unequal(x, y), k=3, tol=1e-3, return_vectors=True)
+    assert with_vectors.n_hvp == by_residual.n_hvp
+    assert np.all(with_vectors.residuals <= 1e-3 * np.abs(with_vectors.values))
+
+
 def test_smallest_match_eigh_in_descending_order(setup) -> None:
     model, x, y, _, exact = setup
     result = hessian.eigenvalues(model, nn.CrossEntropyLoss(), unequal(x, y), k=3, tol=1e-10, which="SA")
