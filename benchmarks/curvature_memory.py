@@ -7,6 +7,8 @@ measurement runs in a fresh process, so that the allocator's caches of one do no
 * ``one Hessian-vector product``: the operator's own peak (the gradient graph differentiated again);
 * ``top-k Lanczos``: ``lanczos(k=20)`` on the model's own loss, with the basis on the CPU, float64 and
   float32 Krylov state (the basis is preallocated; only the columns written, one per product, are resident);
+* the same product and top-k with ``max_batch_size=4`` and ``2``: every product on the batch's halves
+  (quarters) in turn, summed — the same operator, with the peak of a smaller batch;
 * the same two for the Gauss–Newton matrix (``kind="ggn"``, on the causal-LM cross-entropy, which it needs
   as a function of the logits): one product by each backend — ``"jvp"``, the default, which never
   differentiates the model twice, and ``"autograd"`` —, and its top-k with a float32 basis on the CPU.
@@ -45,7 +47,7 @@ def batch(device: str, n: int = 8, length: int = 64) -> dict[str, torch.Tensor]:
 
 
 def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov: str, queue: mp.Queue,
-             kind: str = "hessian", backend: str | None = None) -> None:
+             kind: str = "hessian", backend: str | None = None, max_batch_size: int | None = None) -> None:
     from landscape.memory import peak_memory, resident_peak_mb
 
     torch.set_num_threads(2)
@@ -63,7 +65,8 @@ def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov:
         elif task == "hvp":
             from landscape.curvature import CurvatureOperator
 
-            with CurvatureOperator(model, _loss(kind), data, kind=kind, backend=backend) as op:
+            with CurvatureOperator(model, _loss(kind), data, kind=kind, backend=backend,
+                                   max_batch_size=max_batch_size) as op:
                 op.matvec(torch.randn(op.size, generator=torch.Generator().manual_seed(0)))
         else:
             from landscape.curvature import lanczos
@@ -71,7 +74,8 @@ def _measure(task: str, device: str, layers: int, k: int, max_iter: int, krylov:
 
             dtype = torch.float32 if krylov == "float32" else torch.float64
             max_basis = max(3 * k + 30, 50)  # lanczos's default basis for k
-            with curvature_operator(model, _loss(kind), data, kind=kind, backend=backend) as op:
+            with curvature_operator(model, _loss(kind), data, kind=kind, backend=backend,
+                                    max_batch_size=max_batch_size) as op:
                 found = lanczos(op, k, tol=1e-3, max_iter=max_iter, krylov_dtype=dtype, basis_device="cpu",
                                 max_basis=max_basis)
             # the basis is preallocated but only the columns written are resident: one per product, plus one
@@ -88,11 +92,11 @@ def _loss(kind: str) -> object:
 
 
 def run(task: str, device: str, layers: int, k: int, max_iter: int, krylov: str = "float64",
-        kind: str = "hessian", backend: str | None = None) -> dict:
+        kind: str = "hessian", backend: str | None = None, max_batch_size: int | None = None) -> dict:
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_measure, args=(task, device, layers, k, max_iter, krylov, queue, kind,
-                                                     backend))
+                                                     backend, max_batch_size))
     process.start()
     out = queue.get(timeout=3600)
     process.join()
@@ -116,8 +120,8 @@ def main() -> None:
     hvp = run("hvp", args.device, args.layers, args.k, steps)
     one = hvp["peak"] - hvp["base"]
     print(f"{'one Hessian-vector product':<34} {one:>8.0f} {'':>8} {one:>9.0f} {one / grad:>12.2f}")
-    def lanczos_row(label: str, krylov: str, kind: str = "hessian") -> None:
-        got = run("lanczos", args.device, args.layers, args.k, steps, krylov, kind)
+    def lanczos_row(label: str, krylov: str, kind: str = "hessian", max_batch_size: int | None = None) -> None:
+        got = run("lanczos", args.device, args.layers, args.k, steps, krylov, kind, max_batch_size=max_batch_size)
         total = got["peak"] - got["base"]
         # on the CPU the basis is part of the peak; on CUDA it is in host memory, outside the figure
         operator = total - got["basis"] if args.device != "cuda" else total
@@ -126,6 +130,11 @@ def main() -> None:
 
     for krylov in ("float64", "float32"):
         lanczos_row(f"top-{args.k} Lanczos, {krylov} basis on CPU", krylov)
+    for parts in (4, 2):
+        got = run("hvp", args.device, args.layers, args.k, steps, max_batch_size=parts)
+        one = got["peak"] - got["base"]
+        print(f"{f'one product, max_batch_size={parts}':<34} {one:>8.0f} {'':>8} {one:>9.0f} {one / grad:>12.2f}")
+        lanczos_row(f"top-{args.k}, float64, max_batch_size={parts}", "float64", max_batch_size=parts)
     for backend in ("jvp", "autograd"):
         got = run("hvp", args.device, args.layers, args.k, steps, kind="ggn", backend=backend)
         one = got["peak"] - got["base"]

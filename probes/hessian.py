@@ -39,6 +39,7 @@ from landscape.curvature import (
     exact_trace,
     lanczos,
     slq,
+    split_batches,
 )
 from landscape.data import Batches, as_batches
 from landscape.distributed import curvature_operator
@@ -148,7 +149,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _prepare(model: nn.Module, data: object, kind: str, backend: str, loss_fn: object = None) -> Batches:
+def _prepare(model: nn.Module, data: object, kind: str, backend: str, loss_fn: object = None,
+             max_batch_size: int | None = None) -> Batches:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     if backend not in BACKENDS:
@@ -163,7 +165,7 @@ def _prepare(model: nn.Module, data: object, kind: str, backend: str, loss_fn: o
     if backend == "pyhessian" and batches.structure != "pair":
         raise ValueError(f"backend='pyhessian' takes (inputs, targets) pairs only; these batches are "
                          f"{batches.batches[0].describe()}s; use backend='landscape'.")
-    return batches
+    return batches if max_batch_size is None else split_batches(batches, max_batch_size)
 
 
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -255,6 +257,7 @@ def eigenvalues(
     krylov_dtype: torch.dtype | str | None = None,
     basis_device: torch.device | str | None = None,
     criterion: str | None = None,
+    max_batch_size: int | None = None,
 ) -> Eigen:
     """The k largest (``which="LA"``) or smallest (``"SA"``, negative curvature) Hessian eigenvalues.
 
@@ -264,19 +267,21 @@ def eigenvalues(
     (default ``criterion="residual"``) it stops when every Ritz residual ‖Hv − λv‖ is below ``tol·|λ|``,
     which the vectors need; the eigenvalues are then accurate to about ``tol²`` (see
     :func:`landscape.curvature.lanczos`). Either rule gives up after ``max_iter`` steps with a
-    RuntimeWarning. Values are returned in descending order for both ``which``. The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
+    RuntimeWarning. Values are returned in descending order for both ``which``. ``max_batch_size`` (here
+    and in :func:`trace`, :func:`density`) runs every product on parts of at most that many samples, for
+    the same result in less memory (see :class:`landscape.curvature.CurvatureOperator`). The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
     on ``basis_device`` (default: the model's; ``"cpu"`` keeps a large model's basis off the GPU). ``backend="pyhessian"`` runs PyHessian's power iteration with deflation (largest
     *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue, default
     100); its residuals are then measured with our operator (not counted in ``n_hvp``).
     """
-    batches = _prepare(model, data, kind, backend, loss_fn)
+    batches = _prepare(model, data, kind, backend, loss_fn, max_batch_size)
     with preserved(model):
         if backend == "pyhessian":
             return _pyhessian_eigenvalues(model, loss_fn, batches, k, tol=tol, max_iter=max_iter,
                                           return_vectors=return_vectors, seed=seed, which=which, params=params)
         if criterion is None:
             criterion = "residual" if return_vectors else "eigenvalue"
-        with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params, max_batch_size=max_batch_size) as op:
             return _eigen_on(op, k, tol=tol, max_iter=max_iter, return_vectors=return_vectors, seed=seed,
                              which=which, krylov_dtype=krylov_dtype, basis_device=basis_device, criterion=criterion)
 
@@ -292,6 +297,7 @@ def trace(
     kind: str = "hessian",
     params: ParamSelector = None,
     backend: str = "landscape",
+    max_batch_size: int | None = None,
 ) -> TraceEstimate:
     """The Hessian trace from ``n_matvec`` Hessian-vector products.
 
@@ -301,12 +307,12 @@ def trace(
     errors are defined in :mod:`landscape.curvature` (Hutch++: of its Hutchinson part, given the sketch).
     ``backend="pyhessian"`` supports ``method="hutchinson"`` only and takes exactly ``n_matvec`` samples.
     """
-    batches = _prepare(model, data, kind, backend, loss_fn)
+    batches = _prepare(model, data, kind, backend, loss_fn, max_batch_size)
     with preserved(model):
         if backend == "pyhessian":
             return _pyhessian_trace(model, loss_fn, batches, method=method, n_matvec=n_matvec, seed=seed,
                                     params=params)
-        with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params, max_batch_size=max_batch_size) as op:
             return _trace_on(op, method=method, n_matvec=n_matvec, seed=seed)
 
 
@@ -321,6 +327,7 @@ def density(
     kind: str = "hessian",
     params: ParamSelector = None,
     backend: str = "landscape",
+    max_batch_size: int | None = None,
 ) -> SpectralDensity:
     """The spectral density by stochastic Lanczos quadrature: ``n_runs`` chains of ``n_steps`` steps.
 
@@ -329,12 +336,12 @@ def density(
     reorthogonalization) but diagonalizes the tridiagonal matrices with ``numpy.linalg.eigh``, since its
     own ``density()`` calls the removed ``torch.eig``.
     """
-    batches = _prepare(model, data, kind, backend, loss_fn)
+    batches = _prepare(model, data, kind, backend, loss_fn, max_batch_size)
     with preserved(model):
         if backend == "pyhessian":
             return _pyhessian_density(model, loss_fn, batches, n_runs=n_runs, n_steps=n_steps, seed=seed,
                                       params=params)
-        with curvature_operator(model, loss_fn, batches, kind=kind, params=params) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params, max_batch_size=max_batch_size) as op:
             return _density_on(op, n_runs=n_runs, n_steps=n_steps, seed=seed)
 
 

@@ -138,6 +138,31 @@ def test_cache_budget_keeps_the_leading_batches_that_fit() -> None:
     assert_close(dense(single), expected)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_products_on_parts_of_the_batches_are_the_same_operator(case: str) -> None:
+    make_model, make_data = CASES[case]
+    model = make_model()
+    x, y = make_data()
+    expected = exact_hessian(model, nn.CrossEntropyLoss(), x, y)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), as_batches(unequal(x, y)), max_batch_size=4)
+    # each batch cut on its own (7 → 4 + 3, 13 → 4 + 4 + 4 + 1, ...), never merged with its neighbour
+    sizes = [len(part) for batch_x, _ in unequal(x, y) for part in batch_x.split(4) if len(part)]
+    assert [b.n_samples for b in op.data] == sizes and sizes[:6] == [4, 3, 4, 4, 4, 1]
+    assert op.cache_graph is False  # the split is for memory: no part's graph outlives its product
+    assert_close(dense(op), expected)
+    assert op.cached_batches == 0
+    kept = CurvatureOperator(model, nn.CrossEntropyLoss(), as_batches(unequal(x, y)), max_batch_size=4,
+                             cache_graph=True)
+    assert_close(dense(kept), expected)
+    assert kept.cached_batches == len(sizes)
+
+
+@pytest.mark.parametrize("size", [0, -2, 2.5, True, "4"])
+def test_bad_max_batch_size_is_an_error(size: object) -> None:
+    with pytest.raises(ValueError, match="max_batch_size must be a positive integer"):
+        CurvatureOperator(mlp(), nn.CrossEntropyLoss(), as_batches(mlp_data()), max_batch_size=size)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"cache_graph": "yes"}, "cache_graph must be True, False or None"),
     ({"cache_budget": -1}, "cache_budget must be a number of bytes"),

@@ -102,6 +102,16 @@ def test_token_weighted_curvature_is_the_exact_hessian(loss, group, size, tol):
     assert result.n_tokens == sum(int((b["labels"][:, 1:] != -100).sum()) for b in raw)
 
 
+def test_one_sequence_per_product_weighs_each_by_its_tokens():
+    # max_batch_size=1: six parts of 1 to 5 labelled tokens, summed by their token counts
+    sdpa, eager = _models()
+    raw = token_batches(LENGTHS, seed=2, prompt=1)
+    exact, _ = _exact_hessian(eager, raw, BIASES)
+    op = CurvatureOperator(sdpa, causal_lm_cross_entropy(), as_batches(raw), params=BIASES, max_batch_size=1)
+    assert len(op.data) == sum(len(lengths) for lengths in LENGTHS)
+    assert np.abs(_dense(op) - exact).max() < 1e-8 * max(1.0, np.abs(exact).max())
+
+
 def test_the_mean_of_batch_means_would_be_wrong():
     # The test above can fail: sample weighting of these batches gives a different loss.
     sdpa, _ = _models()

@@ -107,6 +107,15 @@ def test_tol_bounds_the_eigenvalues_by_default_and_the_residuals_with_vectors(se
     assert np.all(with_vectors.residuals <= 1e-3 * np.abs(with_vectors.values))
 
 
+def test_products_on_small_parts_give_the_same_spectrum(setup) -> None:
+    model, x, y, _, exact = setup
+    result = hessian.eigenvalues(model, nn.CrossEntropyLoss(), unequal(x, y), k=3, tol=1e-10, max_batch_size=5)
+    np.testing.assert_allclose(result.values, exact[::-1][:3], rtol=1e-8)
+    whole = hessian.trace(model, nn.CrossEntropyLoss(), (x, y), n_matvec=10, seed=3)
+    parts = hessian.trace(model, nn.CrossEntropyLoss(), (x, y), n_matvec=10, seed=3, max_batch_size=7)
+    assert parts.value == pytest.approx(whole.value, rel=1e-12)  # the same operator, the same probes
+
+
 def test_smallest_match_eigh_in_descending_order(setup) -> None:
     model, x, y, _, exact = setup
     result = hessian.eigenvalues(model, nn.CrossEntropyLoss(), unequal(x, y), k=3, tol=1e-10, which="SA")
