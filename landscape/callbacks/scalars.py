@@ -55,7 +55,11 @@ class Gather:
             if isinstance(first, torch.Tensor):
                 by_device.setdefault(first.device, []).append(first)
         fetched: dict[int, list[float]] = {}
-        for parts in by_device.values():
+        for device, parts in by_device.items():
+            if device.type == "cpu":  # nothing to wait for: read each part, no joining kernel
+                for part in parts:
+                    fetched[id(part)] = part.tolist()
+                continue
             numbers = torch.cat(parts).tolist() if len(parts) > 1 else parts[0].tolist()  # cat promotes dtypes
             start = 0
             for part in parts:
