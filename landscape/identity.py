@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from landscape.store import canonical_json, config_hash
+from landscape.store import canonical_json, config_hash, hashed_params
 
 if TYPE_CHECKING:  # torch loads only where tensors are hashed, so `landscape ls` stays light
     import torch
@@ -150,7 +150,8 @@ def result_inputs(run_inputs: Mapping[str, Any], probe: object) -> dict[str, Any
 def identity(probe: str, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
     """The config hash of a result: probe, params, probe version and the hashed inputs."""
     hashed = {key: inputs.get(key) for key in HASHED_INPUTS}
-    return config_hash(probe, {"params": dict(params), "version": inputs.get("probe_version", 1), "inputs": hashed})
+    return config_hash(probe, {"params": hashed_params(params), "version": inputs.get("probe_version", 1),
+                               "inputs": hashed})
 
 
 def params_identity(probe: str, params: Mapping[str, Any]) -> str:

@@ -61,9 +61,20 @@ def canonical_json(params: Mapping[str, Any]) -> str:
     return json.dumps(_jsonable(params), sort_keys=True, separators=(",", ":"))
 
 
+# Params that change how a result is computed, not what it is (products on smaller parts of each batch):
+# stored with the result, left out of its identity, so setting one neither recomputes nor duplicates it.
+NOT_HASHED = frozenset({"max_batch_size"})
+
+
+def hashed_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the names in :data:`NOT_HASHED`."""
+    return {key: value for key, value in params.items() if key not in NOT_HASHED}
+
+
 def config_hash(probe: str, params: Mapping[str, Any]) -> str:
-    """Short stable hash of a probe's name and params: the identity of a result beside run and step."""
-    text = canonical_json({"probe": probe, "params": dict(params)})
+    """Short stable hash of a probe's name and params (less :data:`NOT_HASHED`): the identity of a result
+    beside run and step."""
+    text = canonical_json({"probe": probe, "params": hashed_params(params)})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

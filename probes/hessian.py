@@ -379,7 +379,9 @@ class HessianProbe:
     Params: ``k`` eigenvalues to ``tol`` (relative Ritz residual) in at most ``max_iter`` Lanczos steps;
     ``trace_method`` with ``n_matvec`` products; when ``density``, SLQ with ``n_runs`` chains of
     ``n_steps`` steps; ``lambda_min`` also computes the smallest eigenvalue; ``kind`` "hessian" or "ggn";
-    ``params`` a parameter name/prefix or list of them (None: all trainable parameters).
+    ``params`` a parameter name/prefix or list of them (None: all trainable parameters);
+    ``max_batch_size`` runs every product on parts of at most that many samples (the same numbers in less
+    memory; not part of the result's identity).
     """
 
     name = "hessian"
@@ -396,6 +398,7 @@ class HessianProbe:
         "kind": "hessian",
         "params": None,
         "seed": 0,
+        "max_batch_size": None,
     }
 
     def cost(self, params: dict[str, Any], n_params: int, n_samples: int) -> dict[str, float]:
@@ -420,7 +423,8 @@ class HessianProbe:
         with preserved(model), peak_memory(_model_device(model)) as peak:
             try:
                 op = curvature_operator(model, ctx.loss_fn, ctx.train.to(_model_device(model)),
-                                        kind=settings["kind"], params=settings["params"])
+                                        kind=settings["kind"], params=settings["params"],
+                                        max_batch_size=settings["max_batch_size"])
             except NonFiniteLossError as error:
                 return Result.invalid(str(error), settings)
             with op:

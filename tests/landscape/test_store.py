@@ -41,6 +41,22 @@ def test_identity_is_run_step_probe_params(tmp_path):
     assert config_hash("m", {"a": 1, "b": 2}) == config_hash("m", {"b": 2, "a": 1})
 
 
+def test_how_a_result_is_computed_is_not_part_of_its_identity(tmp_path):
+    # max_batch_size changes the memory of the products, not the result: stored, but not hashed
+    from landscape.identity import identity, params_identity
+
+    plain = {"k": 5, "tol": 1e-4}
+    assert config_hash("hessian", {**plain, "max_batch_size": 4}) == config_hash("hessian", plain)
+    assert config_hash("hessian", {**plain, "max_batch_size": None}) == config_hash("hessian", plain)
+    assert identity("hessian", {**plain, "max_batch_size": 2}, {}) == identity("hessian", plain, {})
+    assert params_identity("hessian", {**plain, "max_batch_size": 2}) == params_identity("hessian", plain)
+    assert config_hash("hessian", {**plain, "k": 6}) != config_hash("hessian", plain)
+    store = Store(tmp_path / "s.sqlite")
+    store.write_result("a", 1, "m", _result(1.0, k=1))
+    store.write_result("a", 1, "m", _result(2.0, k=1, max_batch_size=8))  # the same result: replaced
+    assert len(store.results()) == 1 and store.scalars(keys=["loss"]).value.tolist() == [2.0]
+
+
 def test_a_failing_write_leaves_nothing(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     bad = _result()

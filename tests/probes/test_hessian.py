@@ -368,6 +368,17 @@ def test_probe_without_density_or_lr(setup) -> None:
                                    "peak_memory_mb"}
 
 
+def test_probe_products_on_parts_give_the_same_result(setup) -> None:
+    _, _, _, _, exact = setup
+    params = {**hessian.PROBE.defaults, "density": False, "k": 2, "tol": 1e-8}
+    whole = hessian.PROBE.run(context(mlp()), **params)
+    parts = hessian.PROBE.run(context(mlp()), **{**params, "max_batch_size": 3})
+    assert parts.scalars["lambda_max"] == pytest.approx(exact[-1], rel=1e-8)
+    assert parts.scalars["lambda_max"] == pytest.approx(whole.scalars["lambda_max"], rel=1e-10)
+    assert parts.scalars["trace"] == pytest.approx(whole.scalars["trace"], rel=1e-10)
+    assert parts.params["max_batch_size"] == 3
+
+
 def test_probe_returns_invalid_for_a_nan_loss() -> None:
     model = mlp()
     with torch.no_grad():
