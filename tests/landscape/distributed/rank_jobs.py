@@ -40,18 +40,22 @@ CASES = {"mlp": mlp_case, "gpt2": gpt2_case}
 
 
 def measure(model: nn.Module, loss_fn: Any, data: Any, params: Any = None) -> dict[str, Any]:
-    """Top-3 eigenvalues, Hutch++ trace, SLQ nodes/weights, a 2-D grid, loss and gradient norm."""
+    """Top-3 eigenvalues (and the top one with products on parts of two samples), Hutch++ trace, SLQ
+    nodes/weights, a 2-D grid, loss and gradient norm."""
     from landscape.evaluate import evaluate, gradient
     from probes import hessian
     from probes.slices import slice_2d
 
     top = hessian.eigenvalues(model, loss_fn, data, k=3, tol=1e-10, params=params)
+    # each rank cuts its own batches into parts of two samples: the same operator, summed over parts and ranks
+    parts = hessian.eigenvalues(model, loss_fn, data, k=1, tol=1e-10, params=params, max_batch_size=2)
     trace = hessian.trace(model, loss_fn, data, method="hutch++", n_matvec=30, seed=4, params=params)
     dens = hessian.density(model, loss_fn, data, n_runs=2, n_steps=6, seed=5, params=params)
     plane = slice_2d(model, loss_fn, data, steps=(4, 3), seed=2, vectorize=False)
     grads = gradient(model, loss_fn, data)
     return {
         "top": np.asarray(top.values),
+        "top_in_parts": np.asarray(parts.values),
         "trace": trace.value,
         "nodes": np.asarray(dens.nodes),
         "weights": np.asarray(dens.weights),

@@ -19,7 +19,9 @@ RTOL = 1e-10
 
 def _single(case: str) -> dict:
     model, loss_fn, batches = CASES[case]()
-    return measure(model, loss_fn, batches)
+    want = measure(model, loss_fn, batches)
+    np.testing.assert_allclose(want["top_in_parts"][0], want["top"][0], rtol=RTOL)  # parts: the same operator
+    return want
 
 
 def _assert_same(got: dict, want: dict, where: str) -> None:
