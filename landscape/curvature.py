@@ -304,8 +304,9 @@ class CurvatureOperator:
     ``max_batch_size=m`` cuts every batch into consecutive parts of at most ``m`` samples and sums their
     weighted products (the same operator: each part weighs its samples or tokens), so the peak follows
     the part, not the batch: with the batch in halves 2.1–2.3×, in quarters 1.6×, at the price of more,
-    smaller passes (there 1.1× and 1.4× the time of a product whose graph is rebuilt). It turns graph caching off unless ``cache_graph=True`` is given (keeping every part's
-    graph would hold the whole batch's again).
+    smaller passes (there 1.1× and 1.4× the time of a product whose graph is rebuilt). It turns graph
+    caching off unless ``cache_graph=True`` is given (keeping every part's graph would hold the whole
+    batch's again).
 
     Precision: vectors are cast to the model's dtype for the products (bf16, fp16, float32 or float64
     weights), and the per-batch products are summed in float32 at least (``result_dtype``, what

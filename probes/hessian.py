@@ -165,7 +165,9 @@ def _prepare(model: nn.Module, data: object, kind: str, backend: str, loss_fn: o
     if backend == "pyhessian" and batches.structure != "pair":
         raise ValueError(f"backend='pyhessian' takes (inputs, targets) pairs only; these batches are "
                          f"{batches.batches[0].describe()}s; use backend='landscape'.")
-    return batches if max_batch_size is None else split_batches(batches, max_batch_size)
+    if backend == "pyhessian" and max_batch_size is not None:  # our operator splits its batches itself
+        batches = split_batches(batches, max_batch_size)
+    return batches
 
 
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -267,12 +269,15 @@ def eigenvalues(
     (default ``criterion="residual"``) it stops when every Ritz residual ‖Hv − λv‖ is below ``tol·|λ|``,
     which the vectors need; the eigenvalues are then accurate to about ``tol²`` (see
     :func:`landscape.curvature.lanczos`). Either rule gives up after ``max_iter`` steps with a
-    RuntimeWarning. Values are returned in descending order for both ``which``. ``max_batch_size`` (here
-    and in :func:`trace`, :func:`density`) runs every product on parts of at most that many samples, for
-    the same result in less memory (see :class:`landscape.curvature.CurvatureOperator`). The Lanczos basis is kept in ``krylov_dtype`` (float64 by default, float32 halves it)
-    on ``basis_device`` (default: the model's; ``"cpu"`` keeps a large model's basis off the GPU). ``backend="pyhessian"`` runs PyHessian's power iteration with deflation (largest
-    *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue, default
-    100); its residuals are then measured with our operator (not counted in ``n_hvp``).
+    RuntimeWarning. Values are returned in descending order for both ``which``.
+
+    ``max_batch_size`` (here and in :func:`trace`, :func:`density`) runs every product on parts of at most
+    that many samples, for the same result in less memory (see
+    :class:`landscape.curvature.CurvatureOperator`). The Lanczos basis is kept in ``krylov_dtype`` (float64
+    by default, float32 halves it) on ``basis_device`` (default: the model's; ``"cpu"`` keeps a large
+    model's basis off the GPU). ``backend="pyhessian"`` runs PyHessian's power iteration with deflation
+    (largest *magnitude*, ``tol`` = its relative change between iterations, ``max_iter`` per eigenvalue,
+    default 100); its residuals are then measured with our operator (not counted in ``n_hvp``).
     """
     batches = _prepare(model, data, kind, backend, loss_fn, max_batch_size)
     with preserved(model):
@@ -281,7 +286,8 @@ def eigenvalues(
                                           return_vectors=return_vectors, seed=seed, which=which, params=params)
         if criterion is None:
             criterion = "residual" if return_vectors else "eigenvalue"
-        with curvature_operator(model, loss_fn, batches, kind=kind, params=params, max_batch_size=max_batch_size) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params,
+                                max_batch_size=max_batch_size) as op:
             return _eigen_on(op, k, tol=tol, max_iter=max_iter, return_vectors=return_vectors, seed=seed,
                              which=which, krylov_dtype=krylov_dtype, basis_device=basis_device, criterion=criterion)
 
@@ -312,7 +318,8 @@ def trace(
         if backend == "pyhessian":
             return _pyhessian_trace(model, loss_fn, batches, method=method, n_matvec=n_matvec, seed=seed,
                                     params=params)
-        with curvature_operator(model, loss_fn, batches, kind=kind, params=params, max_batch_size=max_batch_size) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params,
+                                max_batch_size=max_batch_size) as op:
             return _trace_on(op, method=method, n_matvec=n_matvec, seed=seed)
 
 
@@ -341,7 +348,8 @@ def density(
         if backend == "pyhessian":
             return _pyhessian_density(model, loss_fn, batches, n_runs=n_runs, n_steps=n_steps, seed=seed,
                                       params=params)
-        with curvature_operator(model, loss_fn, batches, kind=kind, params=params, max_batch_size=max_batch_size) as op:
+        with curvature_operator(model, loss_fn, batches, kind=kind, params=params,
+                                max_batch_size=max_batch_size) as op:
             return _density_on(op, n_runs=n_runs, n_steps=n_steps, seed=seed)
 
 
