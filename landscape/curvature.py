@@ -84,7 +84,6 @@ __all__ = [
     "check_mean_loss",
     "eval_mode",
     "select_parameters",
-    "split_batches",
     # the kernels, re-exported from landscape.krylov
     "TRACE_METHODS",
     "TRACE_MIN_MATVEC",
@@ -236,21 +235,6 @@ def _check_is_mean(model: nn.Module, objective: Objective, batch: Batch, whole: 
 # --------------------------------------------------------------------------------------------------
 
 
-def split_batches(data: Batches, max_batch_size: int) -> Batches:
-    """``data`` with every batch of more than ``max_batch_size`` samples cut into consecutive parts of at
-    most that many (batches are never merged, so sequence batches need no new padding)."""
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}.")
-    parts = []
-    for batch in data:
-        n = batch.n_samples
-        if n <= max_batch_size:
-            parts.append(batch)
-        else:
-            parts.extend(batch.rows(start, min(start + max_batch_size, n)) for start in range(0, n, max_batch_size))
-    return Batches(tuple(parts), data.spec)
-
-
 class CurvatureOperator:
     """The Hessian (``kind="hessian"``) or Gauss–Newton matrix (``kind="ggn"``) of the mean loss.
 
@@ -299,14 +283,11 @@ class CurvatureOperator:
     memory of all batches' graphs and ``cached_batches`` how many are kept (both None until the first
     product).
 
-    Memory: a Hessian product holds a batch's activations, its gradient graph and that graph's own
-    backward at once — on the GPT-2 above 3.4–3.8× the memory of a gradient step on the same batch.
-    ``max_batch_size=m`` cuts every batch into consecutive parts of at most ``m`` samples and sums their
-    weighted products (the same operator: each part weighs its samples or tokens), so the peak follows
-    the part, not the batch: with the batch in halves 2.1–2.3×, in quarters 1.6×, at the price of more,
-    smaller passes (there 1.1× and 1.4× the time of a product whose graph is rebuilt). It turns graph
-    caching off unless ``cache_graph=True`` is given (keeping every part's graph would hold the whole
-    batch's again).
+    Memory: a Hessian product holds a batch's activations, gradient graph and that graph's backward at
+    once (on the GPT-2 above 3.4–3.8× a gradient step on the same batch). ``max_batch_size=m`` multiplies
+    on parts of at most ``m`` samples of each batch (:meth:`Batches.split`; each part weighs its samples
+    or tokens: the same operator), so the peak follows the part — halves 2.1–2.3×, quarters 1.6×, for
+    1.1× and 1.4× the time of a product with its graph rebuilt. It turns caching off unless forced.
 
     Precision: vectors are cast to the model's dtype for the products (bf16, fp16, float32 or float64
     weights), and the per-batch products are summed in float32 at least (``result_dtype``, what
@@ -350,7 +331,7 @@ class CurvatureOperator:
             raise ValueError(f"max_block must be a positive integer, got {max_block}.")
         data = data if isinstance(data, Batches) else as_batches(data)
         if max_batch_size is not None:
-            data = split_batches(data, max_batch_size)
+            data = data.split(max_batch_size)
             if cache_graph is None:  # the split is asked for to bound memory: keeping every part's graph undoes it
                 cache_graph = False
         self.max_batch_size = max_batch_size

@@ -66,6 +66,17 @@ class Batches:
         """All samples as one batch (sequence batches of unequal lengths padded, see :func:`concat`)."""
         return concat(self.batches)
 
+    def split(self, max_batch_size: int) -> Batches:
+        """Every batch of more than ``max_batch_size`` samples cut into consecutive parts of at most that
+        many (batches are never merged, so sequence batches need no new padding)."""
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise DataError(f"max_batch_size must be a positive integer, got {max_batch_size!r}.")
+        parts: list[Batch] = []
+        for batch in self.batches:
+            n = batch.n_samples
+            parts.extend(batch.rows(i, min(i + max_batch_size, n)) for i in range(0, n, max_batch_size))
+        return Batches(tuple(parts), self.spec)
+
     def rebatched(self, batch_size: int) -> Batches:
         """The same samples in order, cut into batches of ``batch_size`` (last one may be smaller)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -39,7 +39,6 @@ from landscape.curvature import (
     exact_trace,
     lanczos,
     slq,
-    split_batches,
 )
 from landscape.data import Batches, as_batches
 from landscape.distributed import curvature_operator
@@ -166,7 +165,7 @@ def _prepare(model: nn.Module, data: object, kind: str, backend: str, loss_fn: o
         raise ValueError(f"backend='pyhessian' takes (inputs, targets) pairs only; these batches are "
                          f"{batches.batches[0].describe()}s; use backend='landscape'.")
     if backend == "pyhessian" and max_batch_size is not None:  # our operator splits its batches itself
-        batches = split_batches(batches, max_batch_size)
+        batches = batches.split(max_batch_size)
     return batches
 
 

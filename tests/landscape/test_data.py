@@ -56,6 +56,15 @@ def test_rebatched_keeps_order():
     assert torch.equal(b.merged().targets, y)
 
 
+def test_split_cuts_each_batch_on_its_own_and_keeps_order():
+    x, y = _xy(10)
+    b = as_batches([(x[:7], y[:7]), (x[7:], y[7:])]).split(3)
+    assert [len(t) for t, _ in b] == [3, 3, 1, 3]  # 7 → 3 + 3 + 1, then 3: never merged across batches
+    assert torch.equal(b.merged().targets, y)
+    with pytest.raises(DataError, match="max_batch_size must be a positive integer"):
+        b.split(0)
+
+
 def test_device_placement_cpu():
     x, y = _xy()
     b = as_batches((x, y), device="cpu")
