@@ -49,12 +49,14 @@ import torch
 
 from landscape.krylov._linalg import (
     _column_dots,
+    _from_signs,
     _gaussian,
     _generator,
     _noise_eps,
     _orthogonalize,
     _product,
     _rademacher,
+    _signs,
     _to_numpy,
 )
 from landscape.krylov._linalg import krylov_dtype as _krylov_dtype
@@ -113,6 +115,28 @@ def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0,
     return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
 
 
+# Below this many parameters Hutch++ multiplies all its vectors of a phase in one block (one pass over
+# the data); above, in blocks of LEAN_BLOCK columns, so that no [n, n_matvec] matrix is ever formed.
+LEAN_SIZE = 1 << 20
+LEAN_BLOCK = 8
+
+
+def _lean_block(op: Operator, n_matvec: int) -> int:
+    return n_matvec if op.size <= LEAN_SIZE else LEAN_BLOCK
+
+
+def _times_in_blocks(op: Operator, columns: Callable[[int, int], torch.Tensor], k: int, width: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``H @ V`` for the ``k`` columns ``columns(a, b)`` gives, ``width`` at a time (one block when it covers
+    them all), into one [n, k] result: the inputs of a block exist only while it is multiplied."""
+    if width >= k:
+        return _times(op, columns(0, k))
+    out = torch.empty(op.size, k, dtype=dtype, device=op.device)
+    for a in range(0, k, width):
+        out[:, a:a + width] = _times(op, columns(a, min(k, a + width)))
+    return out
+
+
 def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0,
                     krylov_dtype: torch.dtype | str | None = None) -> TraceResult:
     """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): deflate the top of the spectrum, then Hutchinson.
@@ -127,13 +151,24 @@ def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0,
     generator, dtype = _generator(seed), _krylov_dtype(krylov_dtype)
     s = min(n_matvec // 3, op.size)
     rest = n_matvec - 2 * s
-    sketch = _times(op, _rademacher(op, s, generator, dtype))
+    # Memory: on a large model the sketch and Q are the only [n, s] matrices held, and the test vectors
+    # stay bytes until their block is multiplied (11M parameters at the default budget: 3 GB each in float64).
+    sketch_signs = _signs(op, s, generator)
+    tail_signs = _signs(op, rest, generator)
+    width = _lean_block(op, n_matvec)
+    sketch = _times_in_blocks(op, lambda a, b: _from_signs(sketch_signs[:, a:b], dtype, op=op), s, width, dtype)
     q, _ = torch.linalg.qr(sketch)
-    tail = _orthogonalize(_rademacher(op, rest, generator, dtype), q)
-    # HQ and the deflated test vectors in one block: one pass over the data instead of two
-    both = torch.cat([q, tail], dim=1)
-    forms = _column_dots(both, _times(op, both))
-    top, samples = float(np.sum(forms[:s])), forms[s:]
+    del sketch
+    if width >= n_matvec:  # HQ and the deflated test vectors in one block: one pass over the data
+        both = torch.cat([q, _orthogonalize(_from_signs(tail_signs, dtype, op=op), q)], dim=1)
+        values = _column_dots(both, _times(op, both))
+    else:
+        forms = [_column_dots(q[:, a:a + width], _times(op, q[:, a:a + width])) for a in range(0, s, width)]
+        for a in range(0, rest, width):  # Hutchinson on the deflated remainder, a block at a time
+            block = _orthogonalize(_from_signs(tail_signs[:, a:a + width], dtype, op=op), q)
+            forms.append(_column_dots(block, _times(op, block)))
+        values = np.concatenate(forms)
+    top, samples = float(np.sum(values[:s])), values[s:]
     # rest ≥ n_matvec/3 ≥ 2 (s ≤ n_matvec // 3), so the sample std is defined
     return TraceResult(top + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(rest)), 2 * s + rest)
 

@@ -101,3 +101,21 @@ def test_trace_estimators_reject_too_small_budgets(estimator, minimum) -> None:
     op, _ = decaying()
     with pytest.raises(ValueError, match="n_matvec"):
         estimator(op, minimum - 1)
+
+
+def test_hutch_plus_plus_on_a_large_model_multiplies_in_blocks_with_the_same_estimate(monkeypatch) -> None:
+    # Above LEAN_SIZE parameters no [n, n_matvec] matrix is formed: the vectors go through in blocks of
+    # LEAN_BLOCK columns. The draws and every column's product are the same, so is the estimate (to rounding).
+    import landscape.krylov.trace as trace_module
+
+    op, _ = decaying()
+    counting = CountingOperator(op.matrix)
+    whole = hutch_plus_plus(counting, 60, seed=5)
+    assert counting.calls == 2  # the sketch, then HQ with the deflated test vectors: two passes
+    monkeypatch.setattr(trace_module, "LEAN_SIZE", 0)
+    counting.calls = 0
+    blocked = hutch_plus_plus(counting, 60, seed=5)
+    assert counting.calls == 3 * math.ceil(20 / trace_module.LEAN_BLOCK)  # sketch, HQ and the tail, in blocks
+    assert blocked.n_matvec == whole.n_matvec == 60
+    assert blocked.value == pytest.approx(whole.value, rel=1e-12)
+    assert blocked.stderr == pytest.approx(whole.stderr, rel=1e-10)
