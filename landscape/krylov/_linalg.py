@@ -81,16 +81,14 @@ def _signs(op: Operator, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, (op.size, k), generator=generator, dtype=torch.int8)
 
 
-def _from_signs(signs: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device | None = None,
-                op: Operator | None = None) -> torch.Tensor:
+def _from_signs(signs: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """±1 vectors from :func:`_signs` bytes (any block of their columns), in ``dtype`` on ``device``."""
-    return (signs.to(torch.float64) * 2 - 1).to(device or (op.device if op is not None else signs.device),
-                                                dtype or torch.float64)
+    return (signs.to(torch.float64) * 2 - 1).to(device, dtype)
 
 
 def _rademacher(op: Operator, k: int, generator: torch.Generator, dtype: torch.dtype | None = None,
                 device: torch.device | None = None) -> torch.Tensor:
-    return _from_signs(_signs(op, k, generator), dtype, device, op)
+    return _from_signs(_signs(op, k, generator), dtype or torch.float64, device or op.device)
 
 
 def _column_dots(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

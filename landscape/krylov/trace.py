@@ -156,18 +156,22 @@ def hutch_plus_plus(op: Operator, n_matvec: int, *, seed: int = 0,
     sketch_signs = _signs(op, s, generator)
     tail_signs = _signs(op, rest, generator)
     width = _lean_block(op, n_matvec)
-    sketch = _times_in_blocks(op, lambda a, b: _from_signs(sketch_signs[:, a:b], dtype, op=op), s, width, dtype)
+    sketch = _times_in_blocks(op, lambda a, b: _from_signs(sketch_signs[:, a:b], dtype, op.device), s, width, dtype)
     q, _ = torch.linalg.qr(sketch)
     del sketch
-    if width >= n_matvec:  # HQ and the deflated test vectors in one block: one pass over the data
-        both = torch.cat([q, _orthogonalize(_from_signs(tail_signs, dtype, op=op), q)], dim=1)
-        values = _column_dots(both, _times(op, both))
-    else:
-        forms = [_column_dots(q[:, a:a + width], _times(op, q[:, a:a + width])) for a in range(0, s, width)]
-        for a in range(0, rest, width):  # Hutchinson on the deflated remainder, a block at a time
-            block = _orthogonalize(_from_signs(tail_signs[:, a:a + width], dtype, op=op), q)
-            forms.append(_column_dots(block, _times(op, block)))
-        values = np.concatenate(forms)
+
+    def deflated(a: int, b: int) -> torch.Tensor:
+        """Columns a..b of [Q | (I − QQᵀ)·tail]: HQ gives the exact part, the rest Hutchinson's samples."""
+        parts = [q[:, a:min(b, s)]] if a < s else []
+        if b > s:
+            parts.append(_orthogonalize(_from_signs(tail_signs[:, max(a, s) - s:b - s], dtype, op.device), q))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    # one block (one pass over the data) on a small model; blocks of LEAN_BLOCK columns, each alive only
+    # while it is multiplied, on a large one
+    k = s + rest
+    values = np.concatenate([_column_dots(block, _times(op, block))
+                             for block in (deflated(a, min(k, a + width)) for a in range(0, k, width))])
     top, samples = float(np.sum(values[:s])), values[s:]
     # rest ≥ n_matvec/3 ≥ 2 (s ≤ n_matvec // 3), so the sample std is defined
     return TraceResult(top + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(rest)), 2 * s + rest)
