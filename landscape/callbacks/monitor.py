@@ -1,8 +1,9 @@
 """The :class:`Monitor`: cheap scalars and registered probes written into a run store during training.
 
-The training thread measures; the records go to a background writer (``writer.py``) that commits them in
-batches, so a reader follows the run live (at most ``linger`` seconds behind) and the training thread
-never waits for SQLite. Everything queued is committed at ``flush``/``close`` and at interpreter exit;
+The training thread measures; on a fast loop the records are finished a batch at a time (``pending.py``:
+their logit sums reduced together, one transfer), and they go to a background writer (``writer.py``) that
+commits them in batches, so a reader follows the run live (about ``linger`` seconds behind) and the
+training thread never waits for SQLite. Everything queued is committed at ``flush``/``close`` and at interpreter exit;
 only a crash of the process loses the records not yet committed. Under ``torch.distributed`` only rank 0
 opens and writes the store. Measuring leaves the training state exactly as it was (weights, buffers,
 modes, gradients, optimizer state, random number generators); a failing probe or store write is recorded
@@ -25,6 +26,7 @@ from torch import nn
 
 from landscape.callbacks.cadence import Cadence
 from landscape.callbacks.loss_guard import MeanLossGuard
+from landscape.callbacks.pending import PendingRecords, RecordScalars
 from landscape.callbacks.scalars import Gather, _float_dtype, add_logits, add_norms, read_lr
 from landscape.callbacks.sinks import SinkSet
 from landscape.callbacks.state import _device_of, _eval_mode, rng_preserved
@@ -82,7 +84,9 @@ class Monitor:
 
     Records are written by a background thread (:class:`~landscape.callbacks.writer.StoreWriter`):
     ``max_pending`` bounds its queue (a full queue makes ``step`` wait, it never drops a record) and
-    ``linger`` is the longest a record waits to be committed with others. The store is opened at the first
+    ``linger`` is about the longest a record waits to be finished and committed with others (while records
+    arrive faster than that, they are measured in part at their step and finished together: see
+    :mod:`landscape.callbacks.pending`). The store is opened at the first
     ``step`` (or the first read of :attr:`store`), once a ``torch.distributed`` process group, if any, is
     up: on ranks other than 0 it is never opened and the sinks are not fed, though every rank measures
     and runs the probes alike (a model's collectives stay matched).
@@ -173,6 +177,8 @@ class Monitor:
         self._warned: set[str] = set()
         self._wake = -(2**63)  # no step is skipped before the first call
         self._loss_guard = MeanLossGuard(loss_fn)
+        self._pending = PendingRecords(self._emit_record, lambda step, message: self._fail(MONITOR_PROBE, step, message),
+                                       linger=linger)
         from landscape.store import config_hash
 
         self._record_params = {"every": self.cadence.every, "sc_dtype": str(self.sc_dtype)}
@@ -200,6 +206,7 @@ class Monitor:
                     self._store.set_synchronous(self._sync)
                 self._store.add_run(self.run, self._run_meta)
                 self._writer = StoreWriter(self._store, self._warn_once, **self._writer_options)
+                self._writer.before_exit = self._pending.finish  # records still pending at interpreter exit
         return self._writes
 
     @property
@@ -208,6 +215,7 @@ class Monitor:
         committed before it is returned, so what is read from it is up to date. None on a rank other
         than 0 that was given a path (it never opens the store)."""
         if self._open():
+            self._pending.finish()
             self._commit_queued()
         return self._store
 
@@ -273,9 +281,10 @@ class Monitor:
         targets: torch.Tensor | None = None,
         *,
         force: bool = False,
-    ) -> dict[str, float] | None:
+    ) -> Mapping[str, float] | None:
         """Record what is due at ``step`` (with ``force``, everything not yet recorded at this very step);
-        returns the monitor scalars written, if any.
+        returns the monitor scalars recorded, if any (a mapping measured at this step and finished when
+        first read: see :mod:`landscape.callbacks.pending`).
 
         Call it after the optimizer step of iteration ``step``. ``loss``, ``outputs`` and ``targets`` are
         the ones the training step just computed (optional; they save a forward pass).
@@ -284,6 +293,8 @@ class Monitor:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         step = int(step)
         if not force and step < self._wake:  # the common case: nothing due, return at once
+            if self._pending and self._pending.stale():
+                self._pending.finish()
             return None
         # force skips what already ran at this step (e.g. a train-end call after the last batch's): a re-run
         # would replace those records, without the previous-step trajectory quantities and the batch loss
@@ -305,6 +316,7 @@ class Monitor:
         if save and writes:  # rank 0 writes the files; the weights are the same on every rank
             self._save_checkpoint(model, step)
         if due:
+            self._pending.finish()  # the records before a probe's, in step order
             with rng_preserved():
                 self._run_probes(model, step, due, optimizer)
         self._wake = self._first_due(step + 1)
@@ -320,14 +332,18 @@ class Monitor:
 
     # -- cheap scalars -------------------------------------------------------------------------------------
     def _record_monitor(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
-                        outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> dict[str, float] | None:
-        from landscape.probe import Result
-
+                        outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> RecordScalars | None:
         try:
-            scalars = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force).floats()
+            gather = self._monitor_scalars(model, step, optimizer, loss, outputs, targets, force)
         except Exception as error:  # a broken measurement must not stop training
             self._fail(MONITOR_PROBE, step, f"{type(error).__name__}: {error}")
             return None
+        return self._pending.add(step, gather, now=force)
+
+    def _emit_record(self, step: int, scalars: dict[str, float]) -> None:
+        """Write one finished record and feed it to the sinks."""
+        from landscape.probe import Result
+
         bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
         result = Result(scalars=scalars, params=self._record_params)
         if bad:
@@ -338,11 +354,11 @@ class Monitor:
             together=self._write_records, item=(step, result))
         if self._writes:
             self.sinks.record(MONITOR_PROBE, scalars, step)
-        return scalars
 
     def _monitor_scalars(self, model: nn.Module, step: int, optimizer: object | None, loss: object,
                          outputs: torch.Tensor | None, targets: torch.Tensor | None, force: bool) -> Gather:
-        """The record's values, left on the device where they are measured (one transfer for all, later)."""
+        """The record's values, left on the device where they are measured (one transfer for all, later);
+        small logits are kept to be reduced with other records' unless ``force``."""
         scalars = Gather()
         lr = read_lr(optimizer)
         if lr is not None:
@@ -358,13 +374,15 @@ class Monitor:
                 self._loss_guard.check(logits.detach(), targets)
                 with rng_preserved(), torch.no_grad():
                     loss = check_scalar_loss(self.loss_fn(logits.detach(), targets))
-            add_logits(scalars, logits, targets, self.sc_dtype)
+            add_logits(scalars, logits, targets, self.sc_dtype, keep=not force)
         elif self._data is not None:
-            measured = self._forward_subset(model, scalars)
+            measured = self._forward_subset(model, scalars, keep=not force)
             if loss is None:
                 loss = measured
-        if loss is not None:
-            scalars.add("train_loss", loss if isinstance(loss, torch.Tensor) else float(loss))
+        if isinstance(loss, torch.Tensor):  # a copy: the record may be finished after the next step
+            scalars.add("train_loss", loss.detach().clone())
+        elif loss is not None:
+            scalars.add("train_loss", float(loss))
         if self._test is not None and self.loss_fn is not None and (force or self.test_cadence.due(step)):
             self.test_cadence.mark(step)
             test_data = self._on(self._test, _device_of(model), "test", None)
@@ -376,7 +394,7 @@ class Monitor:
                 scalars.add("test_accuracy", test.accuracy)
         return scalars
 
-    def _forward_subset(self, model: nn.Module, scalars: Gather) -> float | None:
+    def _forward_subset(self, model: nn.Module, scalars: Gather, keep: bool) -> float | None:
         """One forward pass over the fixed subset: its logit scalars onto ``scalars``; returns its mean loss."""
         assert self._data is not None
         subset = self._on(self._data, _device_of(model), "subset", self.subset_size)
@@ -397,7 +415,7 @@ class Monitor:
                     weights += weight
             flat = torch.cat(targets)
             add_logits(scalars, torch.cat(logits), flat if flat.numel() == sum(len(x) for x in logits) else None,
-                       self.sc_dtype)
+                       self.sc_dtype, keep=keep)
         return total / weights if weights else None
 
     # -- registered probes -----------------------------------------------------------------------------------
@@ -521,7 +539,8 @@ class Monitor:
 
     # -- lifetime ---------------------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Commit every queued record (reporting failed writes) and flush the sinks."""
+        """Finish and commit every pending record (reporting failed writes) and flush the sinks."""
+        self._pending.finish()
         self._commit_queued()
         if self._writes:
             self.sinks.flush()
@@ -531,6 +550,7 @@ class Monitor:
         opened it. A monitor that never stepped still registers its run (on the rank that writes)."""
         if self._writes is None:
             self._open()
+        self._pending.finish()
         if self._writer is not None:
             self._writer.close()
             self._writer.report()

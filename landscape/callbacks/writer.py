@@ -114,6 +114,8 @@ class StoreWriter:
         self._room = threading.Condition()
         self._failures: deque[tuple[str, str]] = deque()
         self._closed = False
+        #: Called at interpreter exit before what is queued is committed (the owner's records still pending).
+        self.before_exit: Callable[[], None] | None = None
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="landscape-store-writer", daemon=True)
         self._thread.start()
@@ -301,6 +303,11 @@ def _exit_hook(ref: weakref.ref[StoreWriter]) -> Callable[[], None]:
     def at_exit() -> None:
         writer = ref()
         if writer is not None and not writer._closed:
+            if writer.before_exit is not None:
+                try:
+                    writer.before_exit()
+                except Exception as error:  # still commit what is queued
+                    writer._failures.append(("store: exit", f"records pending at exit were lost ({type(error).__name__}: {error})."))
             writer.close()
             writer.report()
 
