@@ -2,8 +2,9 @@
 
 :class:`Monitor` is called from any training loop (``monitor.step(model, step, ...)``) and writes into a
 run store through a background writer that commits the records in batches (``writer``), so the dashboard
-follows the run while it trains (at most ``linger`` seconds behind), the training thread never waits for
-SQLite, and only a crash of the process loses the records not yet committed. Under ``torch.distributed``
+follows the run while it trains (about ``linger`` seconds behind), the training thread never waits for
+SQLite, and only a crash of the process loses the records not yet committed. On a fast loop the records
+are finished a batch at a time (``pending``). Under ``torch.distributed``
 only rank 0 writes. Two kinds of records:
 
 * ``monitor`` (every ``every`` steps, cheap): ``train_loss`` (the loss passed in, else measured), ``lr``
@@ -29,7 +30,7 @@ sends every scalar it records (and the histograms) to TensorBoard or Weights & B
 
 The package, one job per module: ``cadence`` (when things run), ``scalars`` (the cheap measurements),
 ``state`` (training state kept untouched), ``monitor`` (the :class:`Monitor`: what is recorded when),
-``writer`` (the background store writer), ``sinks`` (TensorBoard, Weights & Biases), ``lightning`` and
+``pending`` (records finished a batch at a time), ``writer`` (the background store writer), ``sinks`` (TensorBoard, Weights & Biases), ``lightning`` and
 ``hf`` (the adapters).
 """
 

@@ -133,13 +133,20 @@ def _fetch(tensors: list[torch.Tensor]) -> dict[int, Any]:
     no joining kernel), those of each other device joined and brought over in one transfer."""
     fetched: dict[int, Any] = {}
     by_device: dict[torch.device, dict[int, torch.Tensor]] = {}
+    scalars: dict[int, torch.Tensor] = {}  # CPU 0-d tensors (norms, losses): read together past a few
     for tensor in tensors:
         if id(tensor) in fetched:
             continue
-        if tensor.device.type == "cpu":
-            fetched[id(tensor)] = tensor.tolist()
-        else:
+        if tensor.device.type != "cpu":
             by_device.setdefault(tensor.device, {})[id(tensor)] = tensor
+        elif tensor.dim() == 0:
+            scalars[id(tensor)] = tensor
+        else:
+            fetched[id(tensor)] = tensor.tolist()
+    if len(scalars) > 8:  # one stacking kernel and one read instead of a read each (stack promotes dtypes)
+        fetched.update(zip(scalars, torch.stack(list(scalars.values())).tolist()))
+    else:
+        fetched.update((key, tensor.item()) for key, tensor in scalars.items())
     for on_device in by_device.values():
         parts = list(on_device.values())
         flat = [part.reshape(-1) for part in parts]
