@@ -115,8 +115,8 @@ def hutchinson(op: Operator, n_matvec: int, *, seed: int = 0,
     return TraceResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_matvec)), n_matvec)
 
 
-# Below this many parameters Hutch++ multiplies all its vectors of a phase in one block (one pass over
-# the data); above, in blocks of LEAN_BLOCK columns, so that no [n, n_matvec] matrix is ever formed.
+# Below this many parameters Hutch++ and XTrace multiply all their vectors of a phase in one block (one
+# pass over the data); above, in blocks of LEAN_BLOCK columns, holding as few [n, k] matrices as they can.
 LEAN_SIZE = 1 << 20
 LEAN_BLOCK = 8
 
@@ -194,20 +194,35 @@ def xtrace(op: Operator, n_matvec: int, *, seed: int = 0,
     generator, dtype = _generator(seed), _krylov_dtype(krylov_dtype)
     n = op.size
     m = min(n_matvec // 2, n)
-    omega = _gaussian(op, m, generator, dtype)
-    y = _times(op, omega)
+    width = _lean_block(op, m)
+    drawn = generator.get_state()
+    omega: torch.Tensor | None = _gaussian(op, m, generator, dtype)
+    y = _times_in_blocks(op, lambda a, b: omega[:, a:b], m, width, dtype)
+    omega_h_omega = _column_dots(omega, y)
+    omega_sq = _column_dots(omega, omega)
+    if width < m:  # a large model: Ω is drawn again after the QR rather than held through it
+        omega = None
     q, r = torch.linalg.qr(y)
-    z = _times(op, q)
-    h = _to_numpy(q.T @ z)
+    del y
+    if omega is None:
+        generator.set_state(drawn)
+        omega = _gaussian(op, m, generator, dtype)
+    # HQ a block at a time (one block on a small model), reduced at once to QᵀHQ and (HQ)ᵀΩ: on a large
+    # model at most two [n, m] matrices are held (Y and Q through the QR, then Q and Ω), not four
+    h_parts, t_parts = [], []
+    for a in range(0, m, width):
+        z = _times(op, q[:, a:a + width])
+        h_parts.append(q.T @ z)
+        t_parts.append(z.T @ omega)
+    del z
+    h = _to_numpy(torch.cat(h_parts, dim=1) if len(h_parts) > 1 else h_parts[0])
     h = (h + h.T) / 2
     r_np = _to_numpy(r)
     singular = np.linalg.svd(r_np, compute_uv=False)
     if m == n or singular[-1] <= 10 * m * _noise_eps(op, dtype) * singular[0]:
         return TraceResult(float(np.trace(h)), 0.0, 2 * m)
     w = _to_numpy(q.T @ omega)  # coordinates of ωᵢ in range(Q)
-    t = _to_numpy(z.T @ omega)  # column i: (HQ)ᵀωᵢ
-    omega_h_omega = _column_dots(omega, y)
-    omega_sq = _column_dots(omega, omega)
+    t = _to_numpy(torch.cat(t_parts, dim=0) if len(t_parts) > 1 else t_parts[0])  # column i: (HQ)ᵀωᵢ
     s_dirs = np.linalg.solve(r_np.T, np.eye(m))
     s_dirs /= np.linalg.norm(s_dirs, axis=0, keepdims=True)
     estimates = np.empty(m)

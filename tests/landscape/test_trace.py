@@ -120,3 +120,23 @@ def test_hutch_plus_plus_on_a_large_model_multiplies_in_blocks_with_the_same_est
     assert blocked.n_matvec == whole.n_matvec == 60
     assert blocked.value == pytest.approx(whole.value, rel=1e-12)
     assert blocked.stderr == pytest.approx(whole.stderr, rel=1e-10)
+def test_xtrace_on_a_large_model_multiplies_in_blocks_with_the_same_estimate(monkeypatch) -> None:
+    # Above LEAN_SIZE parameters XTrace multiplies Ω and Q in blocks of LEAN_BLOCK columns, draws Ω again
+    # after the QR instead of holding it, and never holds HQ: the same draws, the same estimate.
+    import landscape.krylov.trace as trace_module
+
+    op, _ = decaying()
+    counting = CountingOperator(op.matrix)
+    whole = xtrace(counting, 60, seed=3)
+    assert counting.calls == 2  # HΩ, then HQ
+    monkeypatch.setattr(trace_module, "LEAN_SIZE", 0)
+    counting.calls = 0
+    blocked = xtrace(counting, 60, seed=3)
+    assert counting.calls == 2 * math.ceil(30 / trace_module.LEAN_BLOCK)
+    assert blocked.n_matvec == whole.n_matvec == 60
+    assert blocked.value == pytest.approx(whole.value, rel=1e-12)
+    assert blocked.stderr == pytest.approx(whole.stderr, rel=1e-10)
+    low_rank = CountingOperator(torch.diag(torch.tensor([3.0, 2.0, 1.0] + [0.0] * 37, dtype=torch.float64)))
+    assert xtrace(low_rank, 20, seed=1).value == pytest.approx(6.0, rel=1e-12)  # rank-deficient Y: exact
+
+
