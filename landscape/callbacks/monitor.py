@@ -3,8 +3,8 @@
 The training thread measures; on a fast loop the records are finished a batch at a time (``pending.py``:
 their logit sums reduced together, one transfer), and they go to a background writer (``writer.py``) that
 commits them in batches, so a reader follows the run live (about ``linger`` seconds behind) and the
-training thread never waits for SQLite. Everything queued is committed at ``flush``/``close`` and at interpreter exit;
-only a crash of the process loses the records not yet committed. Under ``torch.distributed`` only rank 0
+training thread never waits for SQLite. Everything pending or queued is committed at ``flush``/``close``
+and at interpreter exit; only a crash of the process loses the records not yet committed. Under ``torch.distributed`` only rank 0
 opens and writes the store. Measuring leaves the training state exactly as it was (weights, buffers,
 modes, gradients, optimizer state, random number generators); a failing probe or store write is recorded
 or warned about once, and training goes on. The package docstring (``landscape.callbacks``) lists what

@@ -25,8 +25,9 @@ __all__ = ["PendingRecords", "RecordScalars"]
 
 
 class RecordScalars(Mapping[str, float]):
-    """The scalars of one monitor record. Reading it finishes it (with the records pending beside it); a
-    record whose measurement failed reads as empty (the failure is recorded in the store)."""
+    """The scalars of one monitor record, a read-only mapping (``dict(row)`` makes a plain dict). Reading
+    it finishes it (with the records pending beside it); a record whose measurement failed reads as empty
+    (the failure is recorded in the store)."""
 
     __slots__ = ("_finish", "_values")
 
