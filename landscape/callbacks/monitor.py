@@ -379,7 +379,9 @@ class Monitor:
             measured = self._forward_subset(model, scalars, keep=not force)
             if loss is None:
                 loss = measured
-        if isinstance(loss, torch.Tensor):  # a copy: the record may be finished after the next step
+        if isinstance(loss, torch.Tensor) and loss.device.type == "cpu":  # read now: no wait on the CPU
+            scalars.add("train_loss", loss.item())
+        elif isinstance(loss, torch.Tensor):  # a copy: the record may be finished after the next step
             scalars.add("train_loss", loss.detach().clone())
         elif loss is not None:
             scalars.add("train_loss", float(loss))
