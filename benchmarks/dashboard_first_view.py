@@ -7,6 +7,7 @@ Builds (once, cached in the output folder) a store with RUNS runs × CHECKPOINTS
 times each other tab's first render, and the live path: a poll with no change, and one after a new row.
 
     python benchmarks/dashboard_first_view.py [--checkpoints 200] [--runs 2] [--out runs/bench-dashboard]
+    python benchmarks/dashboard_first_view.py --quick    # 1 run × 40 checkpoints, 25×25 surfaces
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--grid", type=int, default=51)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-dashboard"))
+    parser.add_argument("--quick", action="store_true", help="a small store: 1 run × 40 checkpoints, 25×25 surfaces")
     args = parser.parse_args()
+    if args.quick:
+        args.checkpoints, args.runs, args.grid = 40, 1, 25
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
