@@ -69,15 +69,15 @@ def test_a_record_waits_at_most_linger_while_training_steps(tmp_path: Path) -> N
     recorder = _Recorder()
     model = _model()
     x = torch.randn(8, 6)
-    monitor = Monitor(tmp_path / "s.sqlite", "r", every=2, linger=0.2, sinks=[recorder])
+    monitor = Monitor(tmp_path / "s.sqlite", "r", every=2, linger=0.5, sinks=[recorder])
     for step in range(4):  # records at 0 (alone: finished at once) and 2 (arrived quickly: kept)
         outputs = model(x)
         monitor.step(model, step, loss=outputs.sum(), outputs=outputs)
     assert recorder.steps == [0] and len(monitor._pending) == 1
-    time.sleep(0.25)
+    time.sleep(0.6)
     monitor.step(model, 5)  # a step with nothing due still finishes a record that has waited linger
     assert recorder.steps == [0, 2]
-    time.sleep(0.25)
+    time.sleep(0.6)
     outputs = model(x)
     monitor.step(model, 6, loss=outputs.sum(), outputs=outputs)  # more than linger after the last: at once
     assert recorder.steps == [0, 2, 6]
