@@ -10,7 +10,9 @@ over ours), so the figures do not depend on how fast the machine is:
 * a 2-D loss surface (filter-normalized random plane): ``probes.slices.slice_2d`` — many grid points per
   launch on CUDA (vmap) — vs ``loss_landscapes.random_plane``, and the bare forward passes the grid needs;
 * the weight spectra of every layer (``probes.weights.layer_spectra``, when that probe is installed) on the
-  GPU.
+  GPU;
+* the training ``Monitor`` at ``every=10`` on a launch-bound loop (an MLP [64 → 256 → 10], batches of 128),
+  as a ratio to the same loop without it (plain and monitored loops alternating, median of the repeats).
 
 The model is a small ResNet-style CNN on 32×32 synthetic images (no download). Timings synchronize the
 device; each method runs once after a warm-up pass.
@@ -125,6 +127,55 @@ def loss_landscapes_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, st
     loss_landscapes.random_plane(victim, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=False)
 
 
+def monitor_overhead(device: torch.device, steps: int, repeats: int = 3) -> tuple[float, float]:
+    """(plain seconds per step, monitored over plain): the Monitor's cheap scalars every 10 steps from the
+    step's own outputs, its store in a temporary folder; medians over alternating repeats."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from landscape.callbacks import Monitor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 64, generator=g).to(device)
+    y = x[:, :10].argmax(dim=1)
+
+    def loop(monitor: Monitor | None) -> float:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if monitor is not None:
+            monitor.store  # noqa: B018 — opens the store before the clock starts
+
+        def run() -> None:
+            for i in range(steps):
+                j = slice((i * 128) % 3968, (i * 128) % 3968 + 128)
+                opt.zero_grad(set_to_none=True)
+                out = model(x[j])
+                loss = nn.functional.cross_entropy(out, y[j])
+                loss.backward()
+                opt.step()
+                if monitor is not None:
+                    monitor.step(model, i, opt, loss=loss, outputs=out, targets=y[j])
+            if monitor is not None:
+                monitor.close()
+
+        return timed(run, device)[1] / steps
+
+    loop(None)  # warm-up
+    plain, ratios = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(repeats):
+            monitored = Monitor(Path(folder) / "monitor.sqlite", f"r{repeat}", every=10)
+            if repeat % 2:
+                with_monitor, without = loop(monitored), loop(None)
+            else:
+                without, with_monitor = loop(None), loop(monitored)
+            plain.append(without)
+            ratios.append(with_monitor / without)
+    return statistics.median(plain), statistics.median(ratios)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256 images, width 16, a 9 × 9 grid")
@@ -181,6 +232,11 @@ def main() -> None:
         frame, t_w = timed(lambda: weights.layer_spectra(model), device)
         rows.append(("weight spectra, every layer", "—", t_w, float("nan"),
                      f"{len(frame)} matrices, median alpha {np.nanmedian(frame['alpha']):.3g}"))
+
+    step_s, ratio = monitor_overhead(device, 1000 if args.quick else 3000)
+    rows.append(("Monitor every 10, MLP loop (ms/step)", "—", step_s * ratio * 1e3, float("nan"),
+                 f"{ratio:.3f}× the plain loop's {step_s * 1e3:.3f} ms per step"))
+    print(f"  monitor: {ratio:.3f}× a {step_s * 1e3:.3f} ms step", flush=True)
 
     if device.type == "cuda":
         rows.append(("peak GPU memory", "—", torch.cuda.max_memory_allocated(device) / 2**30, float("nan"), "GiB"))
