@@ -293,7 +293,7 @@ class Monitor:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         step = int(step)
         if not force and step < self._wake:  # the common case: nothing due, return at once
-            if self._pending and self._pending.stale():
+            if self._pending.stale():
                 self._pending.finish()
             return None
         # force skips what already ran at this step (e.g. a train-end call after the last batch's): a re-run

@@ -129,20 +129,19 @@ def gather_floats(gathers: Sequence[Gather]) -> list[dict[str, float]]:
 
 
 def _fetch(tensors: list[torch.Tensor]) -> dict[int, Any]:
-    """Each distinct tensor's ``tolist()`` (by ``id``): CPU tensors read one by one (nothing to wait for,
-    no joining kernel), those of each other device joined and brought over in one transfer."""
+    """Each distinct tensor's ``tolist()`` (by ``id``): on the CPU each read as it is (nothing to wait for),
+    its 0-d tensors (norms, losses) stacked into one read when there are many; on each other device all
+    joined and brought over in one transfer."""
     fetched: dict[int, Any] = {}
     by_device: dict[torch.device, dict[int, torch.Tensor]] = {}
-    scalars: dict[int, torch.Tensor] = {}  # CPU 0-d tensors (norms, losses): read together past a few
-    for tensor in tensors:
-        if id(tensor) in fetched:
-            continue
+    scalars: dict[int, torch.Tensor] = {}
+    for key, tensor in {id(tensor): tensor for tensor in tensors}.items():
         if tensor.device.type != "cpu":
-            by_device.setdefault(tensor.device, {})[id(tensor)] = tensor
+            by_device.setdefault(tensor.device, {})[key] = tensor
         elif tensor.dim() == 0:
-            scalars[id(tensor)] = tensor
+            scalars[key] = tensor
         else:
-            fetched[id(tensor)] = tensor.tolist()
+            fetched[key] = tensor.tolist()
     if len(scalars) > 8:  # one stacking kernel and one read instead of a read each (stack promotes dtypes)
         fetched.update(zip(scalars, torch.stack(list(scalars.values())).tolist()))
     else:
@@ -269,11 +268,11 @@ def add_logits(gather: Gather, outputs: torch.Tensor, targets: torch.Tensor | No
         flat = targets if targets.dim() == 1 else targets.reshape(-1)
         if flat.device != logits.device:
             flat = flat.to(logits.device)
-    with torch.no_grad():
-        if keep and logits.numel() <= KEEP_LIMIT:  # copies (under no_grad: no graph), reduced later
-            gather._entries.append((_KeptLogits(logits.clone(), None if flat is None else flat.clone(), sc_dtype), None))
-            return
-        gather.add_part(*_logit_part(logits.detach(), flat, sc_dtype))
+    logits = logits.detach()
+    if keep and logits.numel() <= KEEP_LIMIT:  # copies, reduced later with other records'
+        gather._entries.append((_KeptLogits(logits.clone(), None if flat is None else flat.clone(), sc_dtype), None))
+    else:
+        gather.add_part(*_logit_part(logits, flat, sc_dtype))
 
 
 def _logit_part(logits: torch.Tensor, flat: torch.Tensor | None, sc_dtype: torch.dtype) -> tuple[torch.Tensor, Finish]:

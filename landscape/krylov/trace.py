@@ -215,14 +215,14 @@ def xtrace(op: Operator, n_matvec: int, *, seed: int = 0,
         h_parts.append(q.T @ z)
         t_parts.append(z.T @ omega)
     del z
-    h = _to_numpy(torch.cat(h_parts, dim=1) if len(h_parts) > 1 else h_parts[0])
+    h = _to_numpy(torch.cat(h_parts, dim=1))
     h = (h + h.T) / 2
     r_np = _to_numpy(r)
     singular = np.linalg.svd(r_np, compute_uv=False)
     if m == n or singular[-1] <= 10 * m * _noise_eps(op, dtype) * singular[0]:
         return TraceResult(float(np.trace(h)), 0.0, 2 * m)
     w = _to_numpy(q.T @ omega)  # coordinates of ωᵢ in range(Q)
-    t = _to_numpy(torch.cat(t_parts, dim=0) if len(t_parts) > 1 else t_parts[0])  # column i: (HQ)ᵀωᵢ
+    t = _to_numpy(torch.cat(t_parts, dim=0))  # column i: (HQ)ᵀωᵢ
     s_dirs = np.linalg.solve(r_np.T, np.eye(m))
     s_dirs /= np.linalg.norm(s_dirs, axis=0, keepdims=True)
     estimates = np.empty(m)
